@@ -1,0 +1,310 @@
+"""open_clip loading and the ViT access CaR needs.
+
+`load_clip(preset)` is the one place a CLIP is built: it resolves the preset's weights (an
+open_clip tag found in the local cache or downloaded, a local checkpoint, the bundled toy model,
+or a seeded random init) and fails at start, naming where it looked, when they are missing.
+
+`ClipBackbone` wraps the model with what CaR needs beyond `encode_image`: native-resolution input
+with bilinearly interpolated positional embeddings, per-block head-averaged attention maps, the
+input of the last block (for Grad-CAM), and cached text embeddings with template averaging.
+open_clip >= 2.24 runs its transformers batch-first ([B, tokens, width]); the CLS token is token 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+from carbench.models.presets import BackbonePreset, get_preset
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(_CONFIG_DIR)
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class PretrainedWeightsError(FileNotFoundError):
+    """The weights a preset asks for are not available (offline, not cached, bad path)."""
+
+
+def _is_path(pretrained: str) -> bool:
+    return os.sep in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES) or pretrained.startswith("~")
+
+
+def _cached_tag_file(arch: str, tag: str, cache_dir: str | None) -> tuple[str | None, list[str]]:
+    """Find an open_clip tag's checkpoint in the local caches without touching the network.
+
+    Returns (path or None, the places looked at), so an error can say where it looked.
+    """
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    looked: list[str] = []
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        repo_id, filename = os.path.split(hub)  # open_clip's own convention: "org/repo/[file]"
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for name in names:
+            found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+            looked.append(f"{cache_dir or HF_HUB_CACHE} (hf-hub {repo_id}/{name})")
+            if isinstance(found, str) and os.path.isfile(found):
+                return found, looked
+    url = cfg.get("url", "")
+    if url:
+        local = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        looked.append(str(local))
+        if local.is_file():
+            return str(local), looked
+    return None, looked
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or os.environ.get(
+        "CARBENCH_OFFLINE", "0"
+    ) not in ("0", "", "false", "False")
+
+
+def _build_open_clip(preset: BackbonePreset, pretrained: str | None, cache_dir: str | None, seed: int):
+    arch = preset.arch
+    if pretrained is None:
+        torch.manual_seed(seed)
+        return open_clip.create_model(arch, pretrained=None)
+    if _is_path(pretrained):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise PretrainedWeightsError(
+                f"preset {preset.name!r}: checkpoint file {str(path)!r} does not exist. Point "
+                f"model.{{proposal,classifier}}_pretrained at an open_clip checkpoint of {arch} "
+                "(state dict, .bin/.pt/.safetensors), or use an open_clip pretrained tag."
+            )
+        try:
+            return open_clip.create_model(arch, pretrained=str(path), weights_only=True)
+        except RuntimeError as err:  # wrong architecture: missing/unexpected keys or shape mismatch
+            raise ValueError(
+                f"preset {preset.name!r}: checkpoint {str(path)!r} does not fit architecture {arch}: "
+                f"{str(err).splitlines()[0][:300]}"
+            ) from err
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        raise ValueError(
+            f"preset {preset.name!r}: open_clip has no pretrained tag {pretrained!r} for {arch}; "
+            f"valid tags: {', '.join(tags) or '(none)'}"
+        )
+    found, looked = _cached_tag_file(arch, pretrained, cache_dir)
+    if found:
+        return open_clip.create_model(arch, pretrained=found, weights_only=True)
+    hint = (
+        f"Fetch it on a machine with internet: python -c \"import open_clip; "
+        f"open_clip.create_model('{arch}', pretrained='{pretrained}')\" (fills the Hugging Face cache; "
+        f"copy ~/.cache/huggingface over), or download the checkpoint and set "
+        f"model.<proposal|classifier>_pretrained=/path/to/file."
+    )
+    if _offline():
+        raise PretrainedWeightsError(
+            f"preset {preset.name!r} needs open_clip weights {arch}/{pretrained}, which are not cached, "
+            f"and downloads are off (HF_HUB_OFFLINE/CARBENCH_OFFLINE). Looked in: {'; '.join(looked)}. {hint}"
+        )
+    try:
+        return open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir, weights_only=True)
+    except Exception as err:  # network errors come in many types (requests, urllib, hf_hub)
+        raise PretrainedWeightsError(
+            f"preset {preset.name!r} needs open_clip weights {arch}/{pretrained}: not cached and the "
+            f"download failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            f"Looked in: {'; '.join(looked)}. {hint}"
+        ) from err
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn `device=auto|cpu|cuda[:i]` into a torch device; asking for CUDA without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available here; use device=cpu or auto")
+    return dev
+
+
+def load_clip(
+    preset_name: str,
+    device: str | torch.device = "cpu",
+    pretrained: str | None = None,
+    cache_dir: str | None = None,
+    seed: int = 0,
+) -> ClipBackbone:
+    """Build the CLIP a preset names. `pretrained` overrides the preset's default weights."""
+    preset = get_preset(preset_name)
+    weights = pretrained if pretrained is not None else preset.pretrained
+    if preset.builder == "toy":
+        from carbench.toy.model import load_toy_clip
+
+        model, tokenizer = load_toy_clip(None if weights in (None, "bundled") else weights)
+        mean, std = model.visual.image_mean, model.visual.image_std
+    else:
+        model = _build_open_clip(preset, weights, cache_dir, seed)
+        tokenizer = open_clip.get_tokenizer(preset.arch)
+        mean, std = model.visual.image_mean, model.visual.image_std
+    device = torch.device(device) if isinstance(device, str) else device
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return ClipBackbone(model, tokenizer, preset, mean=mean, std=std, device=device)
+
+
+def _block_forward(block: torch.nn.Module, x: torch.Tensor, need_attn: bool):
+    """One residual block, optionally returning its head-averaged attention map [B, N, N].
+
+    open_clip's block calls attention with need_weights=False; we re-run the same sub-modules in
+    the same order to get the weights. Equality with `block(x)` is a unit test.
+    """
+    if not need_attn:
+        return block(x), None
+    if not isinstance(block, ResidualAttentionBlock) or hasattr(block, "ln_1_kv"):
+        raise NotImplementedError(
+            f"attention maps are implemented for open_clip ResidualAttentionBlock, got {type(block).__name__}"
+        )
+    y = block.ln_1(x)
+    out, attn = block.attn(y, y, y, need_weights=True, average_attn_weights=True)
+    x = x + block.ls_1(out)
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x, attn
+
+
+class ClipBackbone:
+    """A frozen open_clip CLIP plus the token-level access CaR's stages need."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Callable,
+        preset: BackbonePreset,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        device: torch.device,
+    ) -> None:
+        visual = model.visual
+        if not isinstance(visual, VisionTransformer):
+            raise TypeError(f"preset {preset.name!r}: CaR needs a ViT image tower, got {type(visual).__name__}")
+        self.model = model
+        self.visual = visual
+        self.tokenizer = tokenizer
+        self.preset = preset
+        self.device = device
+        mean = mean or open_clip.OPENAI_DATASET_MEAN
+        std = std or open_clip.OPENAI_DATASET_STD
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        ps = visual.patch_size
+        self.patch_size: int = ps[0] if isinstance(ps, tuple) else int(ps)
+        self.blocks = list(visual.transformer.resblocks)
+        self.logit_scale = float(model.logit_scale.exp().item())
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self.text_encodes = 0  # number of strings actually run through the text tower (for tests/bench)
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_strings(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised embeddings [N, D] of exact strings, each computed once per backbone."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            tokens = self.tokenizer(list(missing)).to(self.device)
+            emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            self.text_encodes += len(missing)
+            for t, e in zip(missing, emb, strict=True):
+                self._text_cache[t] = e
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    def encode_text(self, queries: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
+        """Per-template embeddings [T, K, D] (T = 1 and the raw query when `templates` is empty)."""
+        templates = list(templates) if templates else ["{}"]
+        flat = [t.format(q) for t in templates for q in queries]
+        return self.encode_strings(flat).view(len(templates), len(queries), -1)
+
+    def encode_text_averaged(self, queries: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
+        """Template-ensembled embeddings [K, D]: mean of normalised embeddings, renormalised (CLIP's recipe)."""
+        return F.normalize(self.encode_text(queries, templates).mean(0), dim=-1)
+
+    # ----------------------------------------------------------------- image
+    def to_input(self, image: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """uint8 H×W×3 → normalised [1,3,H',W'] with H', W' multiples of the patch size (bicubic).
+
+        Default size = ceil(H/p)·p × ceil(W/p)·p of the native image, as CLIP-ES/CaR do.
+        """
+        h, w = image.shape[:2]
+        p = self.patch_size
+        size = size or (math.ceil(h / p) * p, math.ceil(w / p) * p)
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp_(0, 1)
+        return (x - self.mean) / self.std
+
+    def _pos_embed(self, gh: int, gw: int) -> torch.Tensor:
+        """Positional embeddings for a gh×gw grid: bilinear interpolation of the patch part, CLS kept."""
+        pos = self.visual.positional_embedding
+        g0h, g0w = self.visual.grid_size
+        if (gh, gw) == (g0h, g0w):
+            return pos
+        cls, patch = pos[:1], pos[1:]
+        patch = patch.reshape(1, g0h, g0w, -1).permute(0, 3, 1, 2)
+        patch = F.interpolate(patch.float(), size=(gh, gw), mode="bilinear", align_corners=False)
+        patch = patch.permute(0, 2, 3, 1).reshape(gh * gw, -1).to(pos.dtype)
+        return torch.cat([cls, patch], 0)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patchify + CLS + positional embedding + ln_pre → tokens [B, 1+h·w, width] and the grid."""
+        v = self.visual
+        feats = v.conv1(x)
+        gh, gw = feats.shape[-2:]
+        feats = feats.reshape(feats.shape[0], feats.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(feats.dtype).expand(feats.shape[0], 1, -1)
+        tokens = torch.cat([cls, feats], 1) + self._pos_embed(gh, gw).to(feats.dtype)
+        return v.ln_pre(tokens), (int(gh), int(gw))
+
+    def run_blocks(
+        self, tokens: torch.Tensor, start: int = 0, stop: int | None = None, attn_from: int | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run blocks[start:stop]; collect head-averaged attention maps of blocks with index ≥ attn_from."""
+        maps = []
+        stop = len(self.blocks) if stop is None else stop
+        for i in range(start, stop):
+            need = attn_from is not None and i >= attn_from
+            tokens, attn = _block_forward(self.blocks[i], tokens, need)
+            if need:
+                maps.append(attn)
+        return tokens, maps
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """ln_post + projection of already-pooled tokens [..., width] → [..., D]."""
+        x = self.visual.ln_post(pooled)
+        return x @ self.visual.proj if self.visual.proj is not None else x
+
+    def patch_mean_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """CLIP-ES's image embedding for the CAM: mean of ln_post(patch tokens), CLS excluded, projected."""
+        x = self.visual.ln_post(tokens[:, 1:]).mean(1)
+        return x @ self.visual.proj if self.visual.proj is not None else x
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The model's own global pooling (CLS for OpenAI CLIP, patch mean for 'avg' models)."""
+        if self.visual.pool_type == "avg":
+            return tokens[:, 1:].mean(1)
+        return tokens[:, 0]
+
+    @torch.no_grad()
+    def encode_images(self, batch: torch.Tensor, skip_last_block: bool = False) -> torch.Tensor:
+        """Normalised image embeddings [B, D] of a preprocessed batch.
+
+        `skip_last_block=True` reproduces the official classifier (quirk B): the embedding is taken
+        after block L−1, never running the last block.
+        """
+        tokens, _ = self.embed(batch)
+        stop = len(self.blocks) - 1 if skip_last_block else None
+        tokens, _ = self.run_blocks(tokens, 0, stop)
+        return F.normalize(self.project(self.pool(tokens)).float(), dim=-1)

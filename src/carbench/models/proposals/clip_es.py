@@ -1,0 +1,162 @@
+"""Mask proposals from Grad-CAM over CLIP, with CLIP-ES's class-aware attention affinity (CAA).
+
+This is CaR's proposal generator (car-method.md §1.3): for each foreground query, Grad-CAM of the
+softmax probability (over foreground + background queries) w.r.t. the last block's `ln_1` output,
+min-max normalised; then (CLIP-ES) refined by a Sinkhorn-normalised, symmetrised, squared
+attention affinity restricted to the boxes around the CAM's confident regions.
+`refine=False` gives plain Grad-CAM (the paper's Table 2 ablation).
+
+Cost per call: one no-grad pass through blocks 1..L−1, then the last block is run once on a
+batch that replicates its input once per query, so ONE backward yields every query's gradient
+(each replica only influences its own query's output). This is output-identical to one backward
+per query, which is what the official code does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from carbench.models.clip import ClipBackbone, _block_forward
+
+EPS = 1e-15
+
+
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """Scale the last two dims of x to [0, 1] (a constant map becomes 0)."""
+    flat = x.flatten(-2)
+    lo = flat.min(-1, keepdim=True).values
+    hi = flat.max(-1, keepdim=True).values
+    return ((flat - lo) / (hi - lo + EPS)).view_as(x)
+
+
+def box_mask(cam: np.ndarray, lam: float) -> np.ndarray:
+    """Patch-level boolean mask of the bounding boxes around the CAM's regions above λ·max.
+
+    The CAM is quantised to uint8 (0..255) and thresholded strictly at int(λ·max) like OpenCV's
+    THRESH_BINARY; every external and internal contour contributes its bounding box. If nothing
+    survives, λ is lowered by 0.1 until something does (car-method.md §1.3).
+    """
+    gray = (np.clip(cam, 0, 1) * 255).astype(np.uint8)
+    out = np.zeros(cam.shape, dtype=bool)
+    peak = int(gray.max())
+    if peak == 0:
+        return out
+    t = lam
+    while True:
+        _, binary = cv2.threshold(gray, int(t * peak), 255, cv2.THRESH_BINARY)
+        contours, _ = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+        if contours or t <= 0:
+            break
+        t -= 0.1
+    for c in contours:
+        x, y, w, h = cv2.boundingRect(c)
+        out[y : y + h, x : x + w] = True
+    return out
+
+
+def affinity(attn_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """CLIP-ES transition matrix from attention maps [(1, N, N)] → [hw, hw].
+
+    Mean over the given blocks, CLS row/column removed, 3 rounds of column- then row-normalisation,
+    symmetrised, then squared once (paper Eq. 8 with t = 2).
+    """
+    w = torch.stack([a[0] for a in attn_maps]).float().mean(0)[1:, 1:]
+    for _ in range(3):
+        w = w / w.sum(0, keepdim=True)
+        w = w / w.sum(1, keepdim=True)
+    w = (w + w.T) / 2
+    return w @ w
+
+
+class ClipESProposer:
+    """Soft mask proposals for a list of queries, one per query, at the image's native size."""
+
+    def __init__(
+        self,
+        backbone: ClipBackbone,
+        background_queries: Sequence[str] = (),
+        clipes_threshold: float = 0.4,
+        refine: bool = True,
+        cam_template: str = "a clean origami {}.",
+        affinity_blocks: int = 8,
+        query_chunk: int = 32,
+    ) -> None:
+        if not 0.0 <= clipes_threshold <= 1.0:
+            raise ValueError(f"clipes_threshold (λ) must be in [0, 1], got {clipes_threshold}")
+        self.backbone = backbone
+        self.background_queries = list(background_queries)
+        self.lam = clipes_threshold
+        self.refine = refine
+        self.cam_template = cam_template
+        self.affinity_blocks = affinity_blocks
+        self.query_chunk = query_chunk
+
+    def text_matrix(self, fg_texts: Sequence[str], with_bg: bool = True) -> torch.Tensor:
+        """[fg ; bg] normalised text embeddings; bg always carries the CAM template."""
+        fg = self.backbone.encode_strings(list(fg_texts))
+        if not with_bg or not self.background_queries:
+            return fg
+        bg = self.backbone.encode_strings([self.cam_template.format(b) for b in self.background_queries])
+        return torch.cat([fg, bg], 0)
+
+    def _grad_cams(self, a_in: torch.Tensor, x_in: torch.Tensor, text: torch.Tensor, n_fg: int, grid):
+        """Grad-CAM maps [n_fg, h, w] from the last block's ln_1 output `a_in` [1, N, C]."""
+        bb = self.backbone
+        block = bb.blocks[-1]
+        cams = []
+        for start in range(0, n_fg, self.query_chunk):
+            idx = torch.arange(start, min(start + self.query_chunk, n_fg), device=a_in.device)
+            a = a_in.expand(len(idx), -1, -1).clone().requires_grad_(True)
+            x = x_in.expand(len(idx), -1, -1)
+            with torch.enable_grad():
+                attn_out = block.attn(a, a, a, need_weights=False)[0]
+                y = x + block.ls_1(attn_out)
+                y = y + block.ls_2(block.mlp(block.ln_2(y)))
+                img = F.normalize(bb.patch_mean_embedding(y).float(), dim=-1)
+                probs = (bb.logit_scale * img @ text.T).softmax(-1)
+                target = probs[torch.arange(len(idx)), idx].sum()
+                (grad,) = torch.autograd.grad(target, a)
+            acts = a.detach()[:, 1:].float()  # [n, hw, C]
+            g = grad[:, 1:].float()
+            alpha = g.mean(1, keepdim=True)  # spatial mean of the gradient per channel
+            cam = F.relu((alpha * acts).sum(-1)).view(len(idx), *grid)
+            cams.append(cam)
+        return torch.cat(cams, 0)
+
+    def propose(self, image: np.ndarray, fg_texts: Sequence[str]) -> np.ndarray:
+        """Soft proposals [K, H, W] float32 in [0, 1] for the given (already templated) query texts."""
+        if len(fg_texts) == 0:
+            raise ValueError("propose() needs at least one query")
+        bb = self.backbone
+        h, w = image.shape[:2]
+        L = len(bb.blocks)
+        with torch.no_grad():
+            tokens, grid = bb.embed(bb.to_input(image))
+            first_attn = max(0, L - self.affinity_blocks) if self.refine else None
+            x_in, attn_maps = bb.run_blocks(tokens, 0, L - 1, attn_from=first_attn)
+            a_in = bb.blocks[-1].ln_1(x_in)
+            if self.refine:  # the last block's attention map, from the same input as the grad pass
+                _, last = _block_forward(bb.blocks[-1], x_in, need_attn=True)
+                attn_maps.append(last)
+        n = len(fg_texts)
+        cams = self._grad_cams(a_in, x_in, self.text_matrix(fg_texts), n, grid)
+        empty = cams.flatten(1).amax(1) <= 0
+        if empty.any() and self.background_queries:  # official rule: redo with fg texts only
+            redo = self._grad_cams(a_in, x_in, self.text_matrix(fg_texts, with_bg=False), n, grid)
+            cams[empty] = redo[empty]
+        cams = minmax(cams.detach())
+        if self.refine:
+            trans = affinity(attn_maps)
+            refined = []
+            for cam in cams:
+                mask = torch.from_numpy(box_mask(cam.cpu().numpy(), self.lam)).to(trans.device)
+                r = (trans * mask.flatten()[None, :].float()) @ cam.flatten()
+                refined.append(r.view(grid))
+            cams = minmax(torch.stack(refined))
+        maps = cams.cpu().numpy().astype(np.float32)
+        return np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps]).clip(0, 1)

@@ -1,0 +1,106 @@
+"""CLIP-ES / Grad-CAM proposals: the batched gradient equals per-query hooks, the refinement pieces behave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from carbench.models.proposals.clip_es import ClipESProposer, affinity, box_mask, minmax
+
+
+def reference_gradcam(bb, image, texts, bg):
+    """Grad-CAM the way pytorch-grad-cam does it: hooks on the last block's ln_1, one backward per query."""
+    x = bb.to_input(image)
+    tokens, grid = bb.embed(x)
+    store = {}
+
+    def hook(_m, _i, out):
+        out.retain_grad()
+        store["act"] = out
+
+    h = bb.blocks[-1].ln_1.register_forward_hook(hook)
+    text = torch.cat([bb.encode_strings(texts), bb.encode_strings([f"a clean origami {b}." for b in bg])])
+    cams = []
+    try:
+        for i in range(len(texts)):
+            with torch.enable_grad():
+                t = tokens.detach()
+                t, _ = bb.run_blocks(t, 0, len(bb.blocks) - 1)
+                t = t.detach().requires_grad_(True)
+                out = bb.blocks[-1](t)
+                img = F.normalize(bb.patch_mean_embedding(out), dim=-1)
+                prob = (bb.logit_scale * img @ text.T).softmax(-1)[0, i]
+                prob.backward()
+            act, grad = store["act"][0, 1:].detach(), store["act"].grad[0, 1:]
+            cam = F.relu((grad.mean(0) * act).sum(-1)).view(grid)
+            cams.append(cam)
+    finally:
+        h.remove()
+    return minmax(torch.stack(cams))
+
+
+def test_batched_gradcam_equals_per_query_hook_reference(tiny_backbone, scene):
+    texts, bg = ["cat", "red box", "dog"], ["sky", "ground"]
+    prop = ClipESProposer(tiny_backbone, bg, refine=False)
+    ours = prop.propose(scene, texts)
+    ref = reference_gradcam(tiny_backbone, scene, texts, bg).numpy()
+    h, w = scene.shape[:2]
+    import cv2
+
+    ref_up = np.stack([cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for m in ref])
+    assert ours.shape == (3, h, w) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref_up.clip(0, 1), atol=1e-4)
+
+
+def test_query_chunking_does_not_change_maps(tiny_backbone, scene):
+    a = ClipESProposer(tiny_backbone, ["sky"], query_chunk=32).propose(scene, ["a", "b", "c"])
+    b = ClipESProposer(tiny_backbone, ["sky"], query_chunk=1).propose(scene, ["a", "b", "c"])
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_clip_es_maps_in_unit_range_and_differ_from_plain_gradcam(tiny_backbone, scene):
+    es = ClipESProposer(tiny_backbone, ["sky"], refine=True).propose(scene, ["red box", "tree"])
+    gc = ClipESProposer(tiny_backbone, ["sky"], refine=False).propose(scene, ["red box", "tree"])
+    assert es.min() >= 0 and es.max() <= 1 and es.max() > 0.99
+    assert np.abs(es - gc).max() > 1e-3
+
+
+def test_box_mask_covers_bounding_boxes_of_confident_regions():
+    cam = np.zeros((10, 12), np.float32)
+    cam[2:4, 1:3] = 1.0  # region A
+    cam[6:9, 8:11] = 0.8  # region B
+    cam[5, 5] = 0.2  # below λ·max
+    m = box_mask(cam, 0.4)
+    expect = np.zeros_like(m)
+    expect[2:4, 1:3] = True
+    expect[6:9, 8:11] = True
+    np.testing.assert_array_equal(m, expect)
+    # nothing above λ·max → λ is lowered until something survives
+    flat = np.full((4, 4), 0.5, np.float32)
+    assert box_mask(flat, 1.0).all()
+    assert not box_mask(np.zeros((4, 4), np.float32), 0.4).any()
+
+
+def test_affinity_is_symmetric_nonnegative_square_of_sinkhorn():
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.softmax(torch.randn(1, 10, 10, generator=g), -1) for _ in range(3)]
+    a = affinity(maps)
+    assert a.shape == (9, 9)
+    torch.testing.assert_close(a, a.T)
+    assert (a >= 0).all()
+    # rebuild: symmetrised doubly-normalised matrix, squared
+    w = torch.stack([m[0] for m in maps]).mean(0)[1:, 1:]
+    for _ in range(3):
+        w = w / w.sum(0, keepdim=True)
+        w = w / w.sum(1, keepdim=True)
+    s = (w + w.T) / 2
+    torch.testing.assert_close(a, s @ s)
+
+
+def test_proposer_rejects_bad_lambda_and_empty_queries(tiny_backbone, scene):
+    with pytest.raises(ValueError, match="clipes_threshold"):
+        ClipESProposer(tiny_backbone, clipes_threshold=1.5)
+    with pytest.raises(ValueError, match="at least one query"):
+        ClipESProposer(tiny_backbone).propose(scene, [])
