@@ -1,0 +1,196 @@
+"""Pascal VOC 2012 segmentation, read from the devkit's own layout (datasets.md §4).
+
+Two variants over the same files:
+
+- ``voc21``: 21 classes, background (0) scored — mmseg ``PascalVOCDataset``.
+- ``voc20``: 20 classes, background not scored — SCLIP's ``PascalVOC20Dataset`` with mmseg's
+  ``reduce_zero_label`` (GT 0 → 255, k → k−1); the model's background maps to "no class" (255).
+
+Everything that can be checked without decoding pixels (layout, split file, every listed file
+present) is checked at construction, so a broken dataset fails in a second, not after an hour.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from carbench.data.base import SemanticDataset, read_image, read_label
+from carbench.data.registry import register_dataset
+from carbench.types import IGNORE_INDEX, Sample
+
+__all__ = ["VOC_CLASSES", "VOC_VARIANTS", "VOCSegmentation", "voc_fixture_dataset"]
+
+#: mmseg's VOC class names in label-id order (0 = background).
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+VOC_VARIANTS: tuple[str, ...] = ("voc21", "voc20")
+
+IMAGE_DIR = "JPEGImages"
+LABEL_DIR = "SegmentationClass"
+SPLIT_DIR = "ImageSets/Segmentation"
+LAYOUT_HINT = (
+    "set dataset.root=/path/to/VOCdevkit/VOC2012 or CARBENCH_DATASETS=/path/to/data_root; expected layout "
+    "VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation}; see datasets/README.md"
+)
+MAX_LISTED = 10
+
+# mmseg reduce_zero_label on uint8 ids: 0 → 255, k → k−1, 255 stays 255.
+_REDUCE_ZERO_LUT = np.arange(256, dtype=np.int64) - 1
+_REDUCE_ZERO_LUT[0] = IGNORE_INDEX
+_REDUCE_ZERO_LUT[IGNORE_INDEX] = IGNORE_INDEX
+
+
+def _check_layout(root: Path) -> None:
+    """Raise FileNotFoundError naming what is missing under `root`, and where the data might be instead."""
+    if not root.is_dir():
+        where = "" if root.is_absolute() else f" (relative to the working directory: {root.resolve()})"
+        raise FileNotFoundError(f"VOC root {root} does not exist{where}; {LAYOUT_HINT}")
+    missing = [d for d in (IMAGE_DIR, LABEL_DIR, SPLIT_DIR) if not (root / d).is_dir()]
+    if not missing:
+        return
+    guess = next(
+        (c for c in (root / "VOC2012", root / "VOCdevkit" / "VOC2012") if (c / IMAGE_DIR).is_dir()), None
+    )
+    did_you_mean = f" Found a VOC2012 folder at {guess}: set dataset.root={guess}." if guess else ""
+    raise FileNotFoundError(
+        f"VOC root {root} lacks {', '.join(str(root / d) for d in missing)}; root must be the VOC2012 "
+        f"folder itself.{did_you_mean} {LAYOUT_HINT}"
+    )
+
+
+def _read_split(root: Path, split: str) -> list[str]:
+    """Ids of `split` in file order (mmseg: one id per line, whitespace stripped, blank lines skipped)."""
+    split_file = root / SPLIT_DIR / f"{split}.txt"
+    if not split_file.is_file():
+        available = sorted(p.stem for p in (root / SPLIT_DIR).glob("*.txt"))
+        raise FileNotFoundError(
+            f"VOC split file {split_file} not found; split files that exist: {available or 'none'} "
+            f"(set dataset.split=<one of them>). {LAYOUT_HINT}"
+        )
+    ids = [line.strip() for line in split_file.read_text().splitlines()]
+    ids = [i for i in ids if i]
+    if not ids:
+        raise ValueError(f"VOC split file {split_file} lists no ids; re-extract it from the VOC2012 archive")
+    return ids
+
+
+def _check_files(root: Path, ids: Sequence[str]) -> None:
+    """Check every listed id has its JPEG and its label PNG (one directory listing each, not 2N stats)."""
+    images = set(os.listdir(root / IMAGE_DIR))
+    labels = set(os.listdir(root / LABEL_DIR))
+    missing = [
+        str(root / d / f"{i}{ext}")
+        for i in ids
+        for d, ext, present in ((IMAGE_DIR, ".jpg", images), (LABEL_DIR, ".png", labels))
+        if f"{i}{ext}" not in present
+    ]
+    if missing:
+        shown = "\n  ".join(missing[:MAX_LISTED])
+        more = f"\n  … and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        raise FileNotFoundError(
+            f"{len(missing)} file(s) listed by the split under {root} are missing:\n  {shown}{more}\n"
+            f"The dataset is incomplete: re-extract VOCtrainval_11-May-2012.tar ({LAYOUT_HINT})."
+        )
+
+
+@register_dataset("voc")
+class VOCSegmentation(SemanticDataset):
+    """Pascal VOC 2012 semantic segmentation from `root` = the ``VOCdevkit/VOC2012`` folder.
+
+    Args:
+        root: the VOC2012 folder (holding JPEGImages, SegmentationClass, ImageSets/Segmentation).
+        split: name of a file in ImageSets/Segmentation (``val`` for the benchmark: 1,449 images).
+        variant: ``voc21`` (background scored) or ``voc20`` (background ignored, reduce_zero_label).
+        queries: the 20 foreground query strings in class order; defaults to the plain class names.
+            Dataset configs pass CaR's renamed queries ("bird avian", …); label ids never change.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str = "val",
+        variant: str = "voc21",
+        queries: Sequence[str] | None = None,
+    ) -> None:
+        if variant not in VOC_VARIANTS:
+            raise ValueError(f"unknown VOC variant {variant!r}; set dataset.variant to one of {list(VOC_VARIANTS)}")
+        foreground = list(VOC_CLASSES[1:])
+        if queries is None:
+            queries = foreground
+        queries = list(queries)
+        if len(queries) != len(foreground) or not all(isinstance(q, str) and q.strip() for q in queries):
+            raise ValueError(
+                f"VOC needs exactly {len(foreground)} non-empty query strings, one per foreground class in "
+                f"id order ({', '.join(foreground)}); got {len(queries)}: {queries}"
+            )
+        self.root = Path(root).expanduser()
+        self.split = split
+        self.variant = variant
+        self.name = variant
+        self.queries = queries
+        if variant == "voc21":
+            self.class_names = list(VOC_CLASSES)
+            self.query_label_ids = list(range(1, 21))
+            self.background_label = 0
+        else:
+            self.class_names = foreground
+            self.query_label_ids = list(range(20))
+            self.background_label = IGNORE_INDEX
+        self._check_metadata()
+
+        _check_layout(self.root)
+        self.ids = _read_split(self.root, split)
+        _check_files(self.root, self.ids)
+
+    def image_path(self, index: int) -> Path:
+        return self.root / IMAGE_DIR / f"{self.ids[index]}.jpg"
+
+    def label_path(self, index: int) -> Path:
+        return self.root / LABEL_DIR / f"{self.ids[index]}.png"
+
+    def _load(self, index: int) -> Sample:
+        image_path, label_path = self.image_path(index), self.label_path(index)
+        image = read_image(image_path)
+        raw = read_label(label_path, expected_mode="P", shape=image.shape[:2], num_classes=len(VOC_CLASSES))
+        target = _REDUCE_ZERO_LUT[raw] if self.variant == "voc20" else raw.astype(np.int64)
+        return Sample(
+            id=self.ids[index],
+            image=image,
+            target=target,
+            queries=list(self.queries),
+            meta={"image_path": str(image_path), "label_path": str(label_path), "split": self.split,
+                  "variant": self.variant},
+        )
+
+
+@register_dataset("voc_fixture")
+def voc_fixture_dataset(
+    root: str | os.PathLike[str],
+    split: str = "val",
+    variant: str = "voc21",
+    queries: Sequence[str] | None = None,
+    num_val: int = 3,
+    seed: int = 0,
+    sizes: Sequence[Sequence[int]] | None = None,
+) -> VOCSegmentation:
+    """The bundled default dataset: a VOC fixture generated on first use into `root` (the VOC2012
+    folder; see `carbench.data.fixtures`), then read by the real adapter above.
+
+    Named ``voc_fixture_<variant>`` in results so it is never mistaken for, or regressed against,
+    real VOC numbers. Registered here rather than in fixtures.py so that `python -m
+    carbench.data.fixtures` does not import its own module twice.
+    """
+    from carbench.data.fixtures import DEFAULT_SIZES, ensure_voc_fixture
+
+    size_list = [(int(s[0]), int(s[1])) for s in sizes] if sizes is not None else list(DEFAULT_SIZES)
+    voc_dir = ensure_voc_fixture(Path(root).expanduser(), int(num_val), int(seed), size_list)
+    ds = VOCSegmentation(voc_dir, split=split, variant=variant, queries=queries)
+    ds.name = f"voc_fixture_{variant}"
+    return ds
