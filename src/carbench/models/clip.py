@@ -207,12 +207,16 @@ class ClipBackbone:
         self.blocks = list(visual.transformer.resblocks)
         self.logit_scale = float(model.logit_scale.exp().item())
         self._text_cache: dict[str, torch.Tensor] = {}
+        self.cache_text = True  # False = the official structure: re-encode every string on every call
         self.text_encodes = 0  # number of strings actually run through the text tower (for tests/bench)
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
     def encode_strings(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised embeddings [N, D] of exact strings, each computed once per backbone."""
+        if not self.cache_text:
+            self.text_encodes += len(texts)
+            return F.normalize(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float(), dim=-1)
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
             tokens = self.tokenizer(list(missing)).to(self.device)

@@ -1,0 +1,87 @@
+"""Mask classifier: how well does each visually prompted image match its own query?
+
+car-method.md §1.4. Each prompted image i (drawn for query i) is encoded once; for every template
+t the probabilities p_t = softmax_j(scale · cos(img_i, text_{t,j})) over the current queries are
+summed over templates and, as in the official code, passed through a second softmax
+(`double_softmax`). The score of query i is P[i, i]. Text embeddings come from the backbone's cache,
+so each (query, template) string is encoded once per run, not once per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from carbench.models.clip import ClipBackbone
+
+
+class MaskClassifier:
+    def __init__(
+        self,
+        backbone: ClipBackbone,
+        templates: Sequence[str] = ("a clean origami {}.",),
+        double_softmax: bool = True,
+        skip_last_block: bool = True,
+        center_crop: bool = True,
+        batch_size: int = 32,
+        encode_per_template: bool = False,
+    ) -> None:
+        if not templates:
+            raise ValueError("the classifier needs at least one template, e.g. '{}'")
+        bad = [t for t in templates if t.count("{}") != 1]
+        if bad:
+            raise ValueError(f"every classifier template needs exactly one '{{}}' slot; bad: {bad}")
+        self.backbone = backbone
+        self.templates = list(templates)
+        self.double_softmax = double_softmax
+        self.skip_last_block = skip_last_block
+        self.center_crop = center_crop
+        self.batch_size = batch_size
+        self.encode_per_template = encode_per_template  # official structure: same images re-encoded T times
+        self.size = backbone.preset.image_size
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """CLIP's own transform: short side → size (bicubic, PIL), centre crop, normalise."""
+        out = []
+        for im in images:
+            pil = TF.resize(Image.fromarray(im), self.size, interpolation=InterpolationMode.BICUBIC)
+            if self.center_crop:
+                pil = TF.center_crop(pil, self.size)
+            else:
+                pil = pil.resize((self.size, self.size), Image.BICUBIC)
+            out.append(TF.to_tensor(pil))
+        x = torch.stack(out).to(self.backbone.device)
+        return (x - self.backbone.mean) / self.backbone.std
+
+    @torch.no_grad()
+    def score_matrix(self, prompted: Sequence[np.ndarray], queries: Sequence[str]) -> torch.Tensor:
+        """P [images × queries]: each row a distribution over the current queries."""
+        if self.encode_per_template:
+            probs = torch.stack([self._probs(prompted, queries, [t])[0] for t in self.templates])
+        else:
+            probs = self._probs(prompted, queries, self.templates)
+        summed = probs.sum(0)
+        return summed.softmax(-1) if self.double_softmax else summed / len(self.templates)
+
+    def _probs(self, prompted: Sequence[np.ndarray], queries: Sequence[str], templates: Sequence[str]):
+        """Per-template probabilities [T, images, queries] (images encoded once for all templates)."""
+        x = self.preprocess(prompted)
+        emb = torch.cat(
+            [
+                self.backbone.encode_images(x[i : i + self.batch_size], skip_last_block=self.skip_last_block)
+                for i in range(0, len(x), self.batch_size)
+            ]
+        )
+        text = self.backbone.encode_text(queries, templates)  # [T, K, D]
+        return (self.backbone.logit_scale * torch.einsum("nd,tkd->tnk", emb, text)).softmax(-1)
+
+    def score(self, prompted: Sequence[np.ndarray], queries: Sequence[str]) -> np.ndarray:
+        """Diagonal scores s_i = P[i, i] for prompted image i drawn from query i."""
+        if len(prompted) != len(queries):
+            raise ValueError(f"{len(prompted)} prompted images for {len(queries)} queries")
+        return self.score_matrix(prompted, queries).diagonal().cpu().numpy().astype(np.float32)

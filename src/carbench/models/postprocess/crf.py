@@ -1,0 +1,140 @@
+"""Dense-CRF post-processing of CaR's final proposals (car-method.md §1.5).
+
+CaR sharpens the coarse (patch-resolution, upsampled) CAM proposals with a fully connected CRF
+(pydensecrf, Krähenbühl & Koltun) using the CLIP-ES / deeplab-pytorch defaults: 10 mean-field
+iterations, Gaussian kernel sxy=1 compat=3, bilateral kernel sxy=67 srgb=3 compat=4.
+
+Semantic mode: channels = [background ; the K surviving queries' maps], with
+background = (1 − max_k map_k) ** bg_factor; unary = −log(clip(p, 1e-5)); the per-pixel argmax
+after inference gives mutually exclusive masks. Referring mode (`crf_binary`): each map is CRF'd
+alone as [(1 − y) ** bg_factor, y].
+
+Quirks (both switchable or fixed, never silent):
+- C (`CRFParams.caffe_wrap`): the official code feeds the bilateral term BGR minus the Caffe
+  mean (104.008, 116.669, 122.675) cast to uint8, so negative values wrap around (dark pixels
+  become bright). `caffe_wrap=True` reproduces that byte for byte (C truncation toward zero,
+  then modulo 256, which is what NumPy's float→uint8 cast does on x86); `False` feeds raw RGB.
+- D (fixed here): the official one-hot infers its class count from the labels present, so if
+  the highest-index query wins no pixel it silently returns fewer channels. We always return
+  exactly K masks, an empty one for a query that wins nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pydensecrf.densecrf as dcrf
+
+#: Caffe / ImageNet BGR mean used by CLIP-ES and CaR when building the CRF image (quirk C).
+CAFFE_BGR_MEAN = np.array([104.008, 116.669, 122.675])
+
+#: Lower clip of the probabilities before −log, as pydensecrf's `unary_from_softmax` default.
+PROB_CLIP = 1e-5
+
+
+@dataclass
+class CRFParams:
+    """Dense-CRF hyper-parameters; defaults are the official CaR / CLIP-ES values."""
+
+    iterations: int = 10
+    gaussian_sxy: float = 1
+    gaussian_compat: float = 3
+    bilateral_sxy: float = 67
+    bilateral_srgb: float = 3
+    bilateral_compat: float = 4
+    bg_factor: float = 1.0
+    caffe_wrap: bool = True
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be ≥ 1, got {self.iterations}")
+        for name in ("gaussian_sxy", "bilateral_sxy", "bilateral_srgb"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.bg_factor <= 0:
+            raise ValueError(f"bg_factor must be > 0, got {self.bg_factor}")
+
+
+def crf_image(image: np.ndarray, caffe_wrap: bool = True) -> np.ndarray:
+    """The C-contiguous uint8 H×W×3 image given to the bilateral term (see quirk C)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be H×W×3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+    if not caffe_wrap:
+        return np.ascontiguousarray(image)
+    shifted = image[..., ::-1].astype(np.float64) - CAFFE_BGR_MEAN
+    # Deterministic version of the official `astype(np.uint8)` on negative floats (UB in C).
+    wrapped = np.trunc(shifted).astype(np.int64) % 256
+    return np.ascontiguousarray(wrapped.astype(np.uint8))
+
+
+def _check_maps(maps: np.ndarray, hw: tuple[int, int], what: str) -> np.ndarray:
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.shape[-2:] != hw:
+        raise ValueError(f"{what} spatial size {maps.shape[-2:]} must match the image {hw}")
+    if np.isnan(maps).any():
+        raise ValueError(f"{what} contains NaN")
+    if maps.size and (maps.min() < -1e-6 or maps.max() > 1 + 1e-6):
+        raise ValueError(f"{what} must lie in [0, 1], got range [{maps.min()}, {maps.max()}]")
+    return np.clip(maps, 0.0, 1.0)
+
+
+def _infer(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:
+    """Run the dense CRF on C×H×W probabilities; return the H×W int argmax label map."""
+    n, h, w = probs.shape
+    unary = -np.log(np.clip(probs, PROB_CLIP, None)).reshape(n, h * w)
+    crf = dcrf.DenseCRF2D(w, h, n)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
+    crf.addPairwiseBilateral(
+        sxy=params.bilateral_sxy,
+        srgb=params.bilateral_srgb,
+        rgbim=crf_image(image, params.caffe_wrap),
+        compat=params.bilateral_compat,
+    )
+    q = np.asarray(crf.inference(params.iterations), dtype=np.float32).reshape(n, h, w)
+    return q.argmax(0)  # ties go to the lower channel, i.e. background first
+
+
+def crf_semantic(image: np.ndarray, maps: np.ndarray, params: CRFParams) -> np.ndarray:
+    """K×H×W soft maps → K×H×W mutually exclusive bool masks (background channel dropped).
+
+    image: H×W×3 uint8 RGB. maps: K×H×W in [0, 1], K ≥ 1, at image resolution. Always returns
+    exactly K masks (quirk D fixed): a query that wins no pixel gets an all-False mask.
+    """
+    if maps.ndim != 3 or maps.shape[0] < 1:
+        raise ValueError(f"maps must be K×H×W with K ≥ 1, got shape {maps.shape}")
+    fg = _check_maps(maps, image.shape[:2], "maps")
+    bg = (1.0 - fg.max(0, keepdims=True)) ** params.bg_factor
+    labels = _infer(image, np.concatenate([bg, fg], 0), params)
+    return labels[None] == np.arange(1, fg.shape[0] + 1)[:, None, None]
+
+
+def crf_binary(image: np.ndarray, prob: np.ndarray, params: CRFParams) -> np.ndarray:
+    """Referring mode: one H×W soft map → H×W bool foreground, CRF'd as [(1 − y)^bf, y]."""
+    if prob.ndim != 2:
+        raise ValueError(f"prob must be H×W, got shape {prob.shape}")
+    y = _check_maps(prob, image.shape[:2], "prob")[None]
+    labels = _infer(image, np.concatenate([(1.0 - y) ** params.bg_factor, y], 0), params)
+    return labels == 1
+
+
+class DenseCRF:
+    """Post-processor object: ``DenseCRF(params)(image, maps)`` → K×H×W exclusive bool masks.
+
+    Wraps `crf_semantic` so the model holds one configured callable (built by the factory from
+    the `postprocess` config); "no post-processing" is handled by the caller, not here.
+    """
+
+    def __init__(self, params: CRFParams | None = None) -> None:
+        self.params = params if params is not None else CRFParams()
+
+    def __call__(self, image: np.ndarray, maps: np.ndarray) -> np.ndarray:
+        return crf_semantic(image, maps, self.params)
+
+    def binary(self, image: np.ndarray, prob: np.ndarray) -> np.ndarray:
+        """Referring mode for one map (see `crf_binary`)."""
+        return crf_binary(image, prob, self.params)
+
+    def __repr__(self) -> str:
+        return f"DenseCRF({self.params!r})"

@@ -1,0 +1,176 @@
+"""Visual prompts: how CaR shows the mask classifier *which* region a query's proposal covers.
+
+CaR scores a proposal by drawing it onto the image and asking CLIP which query the prompted
+image shows (car-method.md §1.4). The prompts are applied to the full-resolution RGB uint8
+image, always in the official order `PROMPT_ORDER` whatever order the config lists them in
+(so ``["circle", "blur"]`` and ``["blur", "circle"]`` give the same image — blurring after the
+circle would soften the red outline, which the official code never does).
+
+- blur: whole image Gaussian-blurred (k×k, σ = OpenCV's default for k), mask interior kept sharp.
+- gray: pixels outside the mask become grayscale. ``gray_bgr_quirk=True`` reproduces the
+  official code, which converts the RGB array with OpenCV's BGR→GRAY weights (R and B weights
+  swapped); ``False`` uses the correct RGB→GRAY weights.
+- black: pixels outside the mask set to 0 ("mask" in the paper).
+- circle: ellipse outline centred at the mask's pixel centroid, semi-axes (bbox_w//2, bbox_h//2).
+- rectangle: box outline of the same half-sizes around the centroid.
+- contour: holes filled, then the mask's outer contours drawn.
+
+Empty mask: circle / rectangle / contour draw nothing (there is nothing to outline), while
+blur / gray / black treat every pixel as "outside" and so alter the whole image — this is what
+the official masking arithmetic does with an all-zero mask, kept for fidelity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+#: Official application order (car-method.md §1.4). "crop" from the paper is not in the code.
+PROMPT_ORDER: tuple[str, ...] = ("blur", "gray", "black", "circle", "rectangle", "contour")
+
+#: Red in RGB, the colour of every outline prompt in the official code.
+RED = (255, 0, 0)
+
+
+def validate_prompts(prompts: Sequence[str]) -> tuple[str, ...]:
+    """Check prompt names and return them de-duplicated in `PROMPT_ORDER`.
+
+    Sorting here (rather than trusting the config order) is what makes the result independent of
+    how a config lists the prompts, matching the official fixed application order.
+    """
+    if isinstance(prompts, str):  # a bare string would otherwise be split into letters
+        prompts = [prompts]
+    names = list(prompts)
+    if not names:
+        raise ValueError(f"at least one visual prompt is required; valid: {', '.join(PROMPT_ORDER)}")
+    unknown = sorted({p for p in names if p not in PROMPT_ORDER}, key=str)
+    if unknown:
+        raise ValueError(f"unknown visual prompt(s) {unknown}; valid: {', '.join(PROMPT_ORDER)}")
+    present = set(names)
+    return tuple(p for p in PROMPT_ORDER if p in present)
+
+
+def _check_image(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be H×W×3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+
+
+def _check_inputs(image: np.ndarray, mask: np.ndarray) -> None:
+    _check_image(image)
+    if mask.ndim != 2 or mask.shape != image.shape[:2]:
+        raise ValueError(f"mask must be H×W matching the image {image.shape[:2]}, got shape {mask.shape}")
+    if mask.dtype != np.bool_:
+        # Refuse soft maps: silently treating 0.3 as "inside" would hide a missing binarisation.
+        raise ValueError(
+            f"mask must be bool (binarise soft maps first, e.g. with prompt_images), got {mask.dtype}"
+        )
+
+
+def _centre_and_half_sizes(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Pixel centroid (x, y) rounded to int, and (bbox_w//2, bbox_h//2) of a non-empty mask.
+
+    The bbox width/height are pixel extents (x_max − x_min + 1), as `cv2.boundingRect` reports.
+    """
+    ys, xs = np.nonzero(mask)
+    cx, cy = int(round(float(xs.mean()))), int(round(float(ys.mean())))
+    bw = int(xs.max() - xs.min() + 1)
+    bh = int(ys.max() - ys.min() + 1)
+    return (cx, cy), (bw // 2, bh // 2)
+
+
+def _fill_holes(mask_u8: np.ndarray) -> np.ndarray:
+    """Fill every hole of a 0/1 uint8 mask by painting its outer contours solid."""
+    contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros_like(mask_u8)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled | mask_u8  # keep any original pixel the contour fill might miss
+
+
+def apply_visual_prompts(
+    image: np.ndarray,
+    mask: np.ndarray,
+    prompts: Sequence[str],
+    *,
+    gray_bgr_quirk: bool = True,
+    blur_kernel: int = 15,
+    color: tuple[int, int, int] = RED,
+    thickness: int = 1,
+) -> np.ndarray:
+    """Return a NEW H×W×3 uint8 image with `prompts` applied for `mask`, in `PROMPT_ORDER`.
+
+    image: H×W×3 uint8 RGB (never modified). mask: H×W bool, True = the proposal's region.
+    Each prompt acts on the output of the previous one (e.g. gray after blur grays the blurred
+    background), as in the official code. See the module docstring for the empty-mask behaviour.
+    """
+    _check_inputs(image, mask)
+    order = validate_prompts(prompts)
+    if blur_kernel < 1 or blur_kernel % 2 == 0:
+        raise ValueError(f"blur_kernel must be a positive odd integer, got {blur_kernel}")
+    if thickness < 1:
+        raise ValueError(f"thickness must be ≥ 1, got {thickness}")
+    color = tuple(int(c) for c in color)
+    if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+        raise ValueError(f"color must be three values in [0, 255], got {color}")
+
+    out = np.ascontiguousarray(image).copy()
+    inside = mask[..., None]
+    nonempty = bool(mask.any())
+    geometry = _centre_and_half_sizes(mask) if nonempty else None
+
+    for name in order:
+        if name == "blur":
+            blurred = cv2.GaussianBlur(out, (blur_kernel, blur_kernel), 0)
+            out = np.where(inside, out, blurred)
+        elif name == "gray":
+            code = cv2.COLOR_BGR2GRAY if gray_bgr_quirk else cv2.COLOR_RGB2GRAY
+            gray = cv2.cvtColor(out, code)
+            out = np.where(inside, out, np.repeat(gray[..., None], 3, axis=2))
+        elif name == "black":
+            out = np.where(inside, out, np.uint8(0))
+        elif geometry is None:
+            continue  # outline prompts have nothing to outline on an empty mask
+        elif name == "circle":
+            (cx, cy), (ax, ay) = geometry
+            out = np.ascontiguousarray(out)
+            cv2.ellipse(out, (cx, cy), (ax, ay), 0, 0, 360, color, thickness)
+        elif name == "rectangle":
+            (cx, cy), (ax, ay) = geometry
+            out = np.ascontiguousarray(out)
+            cv2.rectangle(out, (cx - ax, cy - ay), (cx + ax, cy + ay), color, thickness)
+        elif name == "contour":
+            filled = _fill_holes(mask.astype(np.uint8))
+            contours, _ = cv2.findContours(filled, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+            out = np.ascontiguousarray(out)
+            cv2.drawContours(out, contours, -1, color, thickness)
+    return out.astype(np.uint8, copy=False)
+
+
+def prompt_images(
+    image: np.ndarray,
+    masks: np.ndarray,
+    prompts: Sequence[str],
+    eta: float,
+    **kw,
+) -> list[np.ndarray]:
+    """One prompted image per proposal: binarise each K×H×W soft map at ``> eta`` and prompt.
+
+    Official rule: if a SOFT map sums to ≤ 1 (an essentially empty proposal), the classifier gets
+    an unprompted copy of the image instead. A map that sums to more than 1 but has no value above
+    η still goes through the prompts with an empty mask (see the module docstring). `kw` is
+    forwarded to `apply_visual_prompts`.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta (mask threshold η) must be in [0, 1], got {eta}")
+    _check_image(image)
+    if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
+        raise ValueError(f"masks must be K×H×W with H×W = image {image.shape[:2]}, got shape {masks.shape}")
+    order = validate_prompts(prompts)
+    out: list[np.ndarray] = []
+    for soft in masks:
+        if float(soft.sum()) <= 1.0:
+            out.append(image.copy())
+        else:
+            out.append(apply_visual_prompts(image, soft > eta, order, **kw))
+    return out

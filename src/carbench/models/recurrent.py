@@ -1,0 +1,150 @@
+"""The CaR loop: propose → prompt → classify → drop weak queries → repeat (car-method.md §1.2).
+
+Stop rule (official): stop when a stage keeps as many queries as the stage before it (the count
+starts at 0, so there are at least two stages). A stage that keeps nothing keeps its best query
+instead, so the set never empties. `max_steps` is an optional safety cap (default None, like the
+paper); when the cap ends the loop the output is that stage's proposals for the queries it was
+given, unfiltered — so `max_steps=1` is the paper's "no recurrence" row of Table 2.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from carbench.models.classifier import MaskClassifier
+from carbench.models.labels import assemble_semantic_labels
+from carbench.models.prompts import prompt_images, validate_prompts
+from carbench.models.proposals.clip_es import ClipESProposer
+from carbench.types import Prediction
+
+PostProcess = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (image, K×H×W maps) → K×H×W masks
+
+
+def check_queries(queries: Sequence[str]) -> list[str]:
+    if len(queries) == 0:
+        raise ValueError("the query list is empty: CaR needs at least one text query")
+    bad = [q for q in queries if not isinstance(q, str) or not q.strip()]
+    if bad:
+        raise ValueError(f"queries must be non-empty strings, got {bad!r}")
+    dups = [q for q, n in Counter(queries).items() if n > 1]
+    if dups:
+        raise ValueError(f"duplicate queries {sorted(set(dups))!r}: each query must appear once")
+    return list(queries)
+
+
+class CaR:
+    """CLIP as RNN for semantic segmentation; implements the `Segmenter` protocol."""
+
+    def __init__(
+        self,
+        proposer: ClipESProposer,
+        classifier: MaskClassifier,
+        mask_threshold: float = 0.4,
+        confidence_threshold: float = 0.6,
+        visual_prompts: Sequence[str] = ("circle", "blur"),
+        postprocess: PostProcess | None = None,
+        max_steps: int | None = None,
+        cam_text_quirk: bool = True,
+        prompt_kwargs: dict | None = None,
+        reuse_unchanged_step: bool = True,
+    ) -> None:
+        for name, v in (("mask_threshold (η)", mask_threshold), ("confidence_threshold (θ)", confidence_threshold)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps must be ≥ 1 or null, got {max_steps}")
+        self.proposer = proposer
+        self.classifier = classifier
+        self.eta = mask_threshold
+        self.theta = confidence_threshold
+        self.prompts = validate_prompts(visual_prompts)
+        self.postprocess = postprocess
+        self.max_steps = max_steps
+        self.cam_text_quirk = cam_text_quirk
+        self.prompt_kwargs = prompt_kwargs or {}
+        self.reuse_unchanged_step = reuse_unchanged_step
+
+    def cam_texts(self, queries: Sequence[str], step: int) -> list[str]:
+        """Quirk A: raw query text in stage 1, the CAM template from stage 2 on (switchable)."""
+        if step == 1 and self.cam_text_quirk:
+            return list(queries)
+        return [self.proposer.cam_template.format(q) for q in queries]
+
+    def warm_text(self, queries: Sequence[str]) -> None:
+        """Encode every text the loop can need up front (cached per backbone, so ~free after image 1)."""
+        self.proposer.text_matrix(self.cam_texts(queries, 1))
+        self.proposer.text_matrix(self.cam_texts(queries, 2))
+        self.classifier.backbone.encode_text(queries, self.classifier.templates)
+
+    def run_loop(self, image: np.ndarray, queries: Sequence[str]):
+        """The recurrence alone: returns (alive indices, their maps [n,H,W], their scores, trace)."""
+        alive = list(range(len(queries)))
+        prev_kept = 0
+        prev_maps: np.ndarray | None = None
+        trace: list[dict] = []
+        step = 0
+        last: tuple[list[str], np.ndarray, np.ndarray] | None = None
+        while True:
+            step += 1
+            names = [queries[i] for i in alive]
+            texts = self.cam_texts(names, step)
+            t0 = time.perf_counter()
+            if self.reuse_unchanged_step and last is not None and last[0] == texts:
+                # Same CAM texts as the step before (all survived, no quirk-A template switch): the
+                # maps and scores would be recomputed bit for bit, so reuse them.
+                _, maps, scores = last
+                t1 = t2 = t3 = time.perf_counter()
+            else:
+                maps = self.proposer.propose(image, texts)
+                if prev_maps is not None and not maps.any():  # official safety fallback
+                    maps = prev_maps
+                t1 = time.perf_counter()
+                prompted = prompt_images(image, maps, self.prompts, self.eta, **self.prompt_kwargs)
+                t2 = time.perf_counter()
+                scores = self.classifier.score(prompted, names)
+                t3 = time.perf_counter()
+            last = (texts, maps, scores)
+            keep = scores > self.theta
+            if not keep.any():
+                keep[int(np.argmax(scores))] = True
+            trace.append(
+                {
+                    "step": step,
+                    "alive": list(alive),
+                    "scores": [float(s) for s in scores],
+                    "kept": [a for a, k in zip(alive, keep, strict=True) if k],
+                    "time": {"cam": t1 - t0, "prompts": t2 - t1, "classifier": t3 - t2},
+                }
+            )
+            n_kept = int(keep.sum())
+            converged = n_kept == prev_kept  # every alive query survived again
+            if converged or (self.max_steps is not None and step >= self.max_steps):
+                return alive, maps, scores, trace
+            prev_kept = n_kept
+            alive = [a for a, k in zip(alive, keep, strict=True) if k]
+            prev_maps = maps[keep]
+
+    def segment(self, image: np.ndarray, queries: list[str]) -> Prediction:
+        queries = check_queries(queries)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be H×W×3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+        t0 = time.perf_counter()
+        self.warm_text(queries)
+        t_text = time.perf_counter() - t0
+        alive, maps, scores, trace = self.run_loop(image, queries)
+        trace[0]["time"]["text"] = t_text
+        t0 = time.perf_counter()
+        final = self.postprocess(image, maps).astype(np.float32) if self.postprocess else maps
+        t_post = time.perf_counter() - t0
+        h, w = image.shape[:2]
+        masks = np.zeros((len(queries), h, w), np.float32)
+        full_scores = np.zeros(len(queries), np.float32)
+        masks[alive] = final
+        full_scores[alive] = scores
+        trace[-1]["time"]["postprocess"] = t_post
+        labels = assemble_semantic_labels(masks, full_scores)
+        return Prediction(labels=labels, masks=masks, scores=full_scores, kept=list(alive), trace=trace)
