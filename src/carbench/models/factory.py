@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from carbench.models.classifier import MaskClassifier
 from carbench.models.clip import ClipBackbone, load_clip
+from carbench.models.presets import get_preset
 from carbench.models.proposals.clip_es import ClipESProposer
 from carbench.models.recurrent import CaR, PostProcess
 from carbench.types import Segmenter
@@ -68,6 +69,8 @@ def build_car(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Backbo
     cam = cfg.get("cam", "clip_es")
     if cam not in CAM_TYPES:
         raise ValueError(f"unknown model.cam {cam!r}; valid: {', '.join(CAM_TYPES)}")
+    for key in ("proposal", "classifier"):  # config errors before any weights are loaded
+        get_preset(cfg[key])
     proposer = ClipESProposer(
         pool.get(cfg["proposal"], cfg.get("proposal_pretrained")),
         background_queries=cfg.get("background_queries") or (),
