@@ -16,7 +16,7 @@ def main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     results = run_evaluation(cfg, out_dir)
     print(f"mIoU {results['metrics']['mIoU']:.2f} over {results['num_images']['evaluated']} images "
-          f"-> {out_dir / 'results.json'}")
+          f"-> {Path(results['run_dir']) / 'results.json'}")
     return float(results["metrics"]["mIoU"])  # the value Hydra sweepers optimise
 
 

@@ -22,16 +22,14 @@ from tqdm import tqdm
 
 from carbench.data import build_dataset
 from carbench.data.voc_format import write_palette_png
+from carbench.engine.progress import PROGRESS_FILE, RESULTS_FILE, Progress, ResumeError, config_hash, find_resumable
 from carbench.engine.results import git_sha, package_versions, write_json_atomic
-from carbench.metrics import SemanticIoU
+from carbench.metrics import SemanticIoU, scores_from_confusion
 from carbench.models.clip import resolve_device
 from carbench.models.factory import build_segmenter
 from carbench.types import BACKGROUND, Prediction
 
 log = logging.getLogger(__name__)
-
-STAGES = ("text", "cam", "prompts", "classifier", "postprocess")
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -54,16 +52,63 @@ def queries_hash(queries: list[str]) -> str:
     return hashlib.sha256(json.dumps(queries).encode()).hexdigest()[:16]
 
 
+class _Loaded(torch.utils.data.Dataset):
+    """Dataset view for the DataLoader: yields (index, sample or None, error or None).
+
+    Decoding runs in background workers; a bad file becomes a recorded error instead of killing
+    the worker, so `on_error=skip` can skip it and `on_error=raise` can name it.
+    """
+
+    def __init__(self, dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        idx = self.indices[i]
+        try:
+            return idx, self.dataset[idx], None
+        except Exception as err:  # noqa: BLE001 — reported per image, never swallowed
+            return idx, None, f"{type(err).__name__}: {err}"
+
+
+def _resolve_run_dir(cfg: DictConfig, out_dir: Path, cfg_hash: str) -> Path:
+    """Where this run writes: `out_dir`, or with resume=true the newest unfinished matching run."""
+    if (out_dir / RESULTS_FILE).exists() and (out_dir / PROGRESS_FILE).exists():
+        raise ResumeError(f"{out_dir} already holds a finished run (results.json); use a new run dir")
+    if cfg.get("resume") and not (out_dir / PROGRESS_FILE).exists():
+        found = find_resumable(Path(str(cfg.get("resume_search_dir") or "outputs")), cfg_hash)
+        if found is not None:
+            log.info("resuming the unfinished run in %s", found)
+            return found
+        log.warning("resume=true but no unfinished run with this config was found; starting fresh")
+    return out_dir
+
+
 def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Evaluate `cfg.model` on `cfg.dataset`; write results.json (and predictions) under out_dir."""
+    """Evaluate `cfg.model` on `cfg.dataset`; write results.json (and predictions) under out_dir.
+
+    Every finished image is appended to progress.jsonl (fsynced), so a run killed at any point
+    and restarted with the same command + resume=true (or into the same run dir) ends with the
+    same metrics as an uninterrupted run. results.json is written once, complete, atomically.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
+    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg_hash = config_hash(plain_cfg)
+    on_error = str(cfg.get("on_error", "raise"))
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     seed_everything(int(cfg.seed))
     device = resolve_device(str(cfg.device))
     dataset = build_dataset(cfg.dataset)
     limit = cfg.get("limit")
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     segmenter = build_segmenter(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
+    run_dir = _resolve_run_dir(cfg, out_dir, cfg_hash)
+    progress = Progress.open(run_dir, cfg_hash)
+
     metric = SemanticIoU(
         num_classes=dataset.num_classes,
         ignore_index=dataset.ignore_index,
@@ -71,65 +116,117 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         pred_ignore=str(cfg.metric.pred_ignore),
         class_names=dataset.class_names,
     )
-    present = SemanticIoU(
-        num_classes=dataset.num_classes, ignore_index=dataset.ignore_index, reduction="present",
-        pred_ignore=str(cfg.metric.pred_ignore),
-    )
+    for rec in progress.records.values():  # state of the images a previous attempt finished
+        if rec["status"] == "ok":
+            flat = metric.confusion.view(-1)
+            flat[torch.as_tensor(rec["confusion"][0], dtype=torch.long)] += torch.as_tensor(
+                rec["confusion"][1], dtype=torch.int64
+            )
+    todo = [i for i in range(n) if i not in progress.records]
+    if progress.records:
+        log.info("resuming: %d of %d images already done in %s", n - len(todo), n, run_dir)
     lut = label_lookup(dataset.query_label_ids, dataset.background_label)
-    pred_dir = out_dir / "predictions"
+    pred_dir = run_dir / "predictions"
     if cfg.save_predictions:
         pred_dir.mkdir(exist_ok=True)
 
-    stage_time: dict[str, float] = defaultdict(float)
-    steps_hist: dict[int, int] = defaultdict(int)
-    per_image: list[dict[str, Any]] = []
+    workers = int(cfg.get("num_workers", 0))
+    loader = torch.utils.data.DataLoader(
+        _Loaded(dataset, todo), batch_size=None, shuffle=False, num_workers=workers,
+        collate_fn=lambda x: x, prefetch_factor=2 if workers else None,
+    )
     t_start = time.perf_counter()
-    for i in tqdm(range(n), desc=f"CaR on {dataset.name}", unit="img", dynamic_ncols=True):
-        t0 = time.perf_counter()
-        sample = dataset[i]
-        stage_time["load"] += time.perf_counter() - t0
-        pred = segmenter.segment(sample.image, sample.queries)
-        labels = to_dataset_labels(pred, lut)
-        metric.update(labels, sample.target)
-        present.update(labels, sample.target)
-        for step in pred.trace:
-            for k, v in step["time"].items():
-                stage_time[k] += v
-        steps_hist[len(pred.trace)] += 1
-        per_image.append(
-            {"id": sample.id, "steps": len(pred.trace), "kept": [sample.queries[k] for k in pred.kept]}
-        )
-        if cfg.save_predictions:
-            write_palette_png(pred_dir / f"{sample.id}.png", labels.astype(np.uint8))
+    bar = tqdm(total=n, initial=n - len(todo), desc=f"CaR on {dataset.name}", unit="img", dynamic_ncols=True)
+    for idx, sample, load_error in loader:
+        sample_id = sample.id if sample is not None else dataset.ids[idx]
+        try:
+            if load_error is not None:
+                raise RuntimeError(load_error)
+            t0 = time.perf_counter()
+            pred = segmenter.segment(sample.image, sample.queries)
+            labels = to_dataset_labels(pred, lut)
+            before = metric.confusion.clone()
+            metric.update(labels, sample.target)
+            delta = (metric.confusion - before).view(-1)
+            nz = torch.nonzero(delta).view(-1)
+            times: dict[str, float] = defaultdict(float)
+            for step in pred.trace:
+                for k, v in step["time"].items():
+                    times[k] += v
+            times["total"] = time.perf_counter() - t0
+            if cfg.save_predictions:
+                write_palette_png(pred_dir / f"{sample.id}.png", labels.astype(np.uint8))
+            progress.add({
+                "index": idx, "id": sample.id, "status": "ok",
+                "confusion": [nz.tolist(), delta[nz].tolist()],
+                "steps": len(pred.trace), "kept": [sample.queries[k] for k in pred.kept], "time": dict(times),
+            })
+        except Exception as err:
+            if on_error == "raise" or isinstance(err, (KeyboardInterrupt, MemoryError)):
+                raise RuntimeError(
+                    f"image {sample_id} (index {idx}) failed: {err}. {len(progress.records)} finished images are "
+                    f"kept in {progress.path}; fix the input and rerun with resume=true, or set on_error=skip "
+                    "to record failures and exclude them from the metric."
+                ) from err
+            log.warning("image %s failed and is skipped (on_error=skip): %s", sample_id, err)
+            progress.add({"index": idx, "id": sample_id, "status": "failed", "error": f"{type(err).__name__}: {err}"})
+        bar.update(1)
+    bar.close()
     wall = time.perf_counter() - t_start
 
+    records = [progress.records[i] for i in range(n)]
+    ok = [r for r in records if r["status"] == "ok"]
+    failed = [{"id": r["id"], "error": r["error"]} for r in records if r["status"] == "failed"]
+    stage_time: dict[str, float] = defaultdict(float)
+    steps_hist: dict[int, int] = defaultdict(int)
+    for r in ok:
+        steps_hist[r["steps"]] += 1
+        for k, v in r["time"].items():
+            stage_time[k] += v
     scores = metric.compute()
+    n_ok = max(len(ok), 1)
     results: dict[str, Any] = {
         "dataset": {"name": dataset.name, "split": cfg.dataset.get("split"), "num_classes": dataset.num_classes},
-        "num_images": {"expected": len(dataset), "evaluated": n, "failed": 0},
+        "num_images": {"expected": n, "evaluated": len(ok), "failed": len(failed), "split_size": len(dataset)},
+        "failed_images": failed,
         "metrics": {
             "mIoU": scores["mIoU"],
             "aAcc": scores["aAcc"],
             "mAcc": scores["mAcc"],
-            "mIoU_present_classes": present.compute()["mIoU"],
+            "mIoU_present_classes": scores_from_confusion(metric.confusion, "present", metric.pred_ignore)["mIoU"],
         },
-        "metric_rule": {"reduction": str(cfg.metric.reduction), "pred_ignore": str(cfg.metric.pred_ignore)},
+        "metric_rule": {"reduction": metric.reduction, "pred_ignore": metric.pred_ignore},
         "per_class_iou": dict(zip(dataset.class_names, scores["per_class_iou"], strict=True)),
+        "confusion": scores["confusion"].tolist(),
         "queries": list(dataset.queries),
         "queries_hash": queries_hash(list(dataset.queries)),
         "steps_histogram": dict(sorted(steps_hist.items())),
         "timing": {
-            "wall_s": wall,
-            "images_per_s": n / wall if wall > 0 else None,
+            "wall_s_this_attempt": wall,
+            "images_per_s": len(todo) / wall if wall > 0 and todo else None,
             "stage_total_s": dict(stage_time),
-            "stage_mean_s_per_image": {k: v / max(n, 1) for k, v in stage_time.items()},
+            "stage_mean_s_per_image": {k: v / n_ok for k, v in stage_time.items()},
         },
-        "per_image": per_image,
+        "per_image": [{"id": r["id"], "steps": r["steps"], "kept": r["kept"]} for r in ok],
         "device": str(device),
         "git_sha": git_sha(),
         "versions": package_versions(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config_hash": cfg_hash,
+        "config": plain_cfg,
     }
-    write_json_atomic(out_dir / "results.json", results)
-    log.info("mIoU %.2f on %d images of %s; results in %s", scores["mIoU"], n, dataset.name, out_dir)
+    write_json_atomic(run_dir / RESULTS_FILE, results)
+    print(f"images: expected {n}, evaluated {len(ok)}, failed {len(failed)}")
+    log.info("mIoU %.2f on %d images of %s; results in %s", scores["mIoU"], len(ok), dataset.name, run_dir)
+    results["run_dir"] = str(run_dir)
     return results
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before any work if results cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"results dir {out_dir} is not writable ({err}); set hydra.run.dir=<a writable dir>") from err

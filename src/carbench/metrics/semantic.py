@@ -164,29 +164,40 @@ class SemanticIoU(Metric):
 
     def compute(self) -> dict[str, Any]:
         """Reduce the confusion matrix with the configured `reduction` and `pred_ignore` rules."""
-        cm = self.confusion.detach().to("cpu", torch.float64)
-        c = self.num_classes
-        if self.pred_ignore == "drop":
-            cm = cm[:, :c]
-        inter = torch.diagonal(cm[:, :c])
-        gt = cm.sum(dim=1)  # includes the "no class" column under pred_ignore="miss"
-        pred = cm[:, :c].sum(dim=0)
-        union = gt + pred - inter
-        nan = torch.tensor(float("nan"), dtype=torch.float64)
-        iou = torch.where(union > 0, inter / union.clamp(min=1), nan)
-        acc = torch.where(gt > 0, inter / gt.clamp(min=1), nan)
-        if self.reduction == "present":
-            iou = torch.where(gt > 0, iou, nan)
-        total = gt.sum()
-        a_acc = float(inter.sum() / total) * 100 if total > 0 else float("nan")
-        return {
-            "mIoU": _nanmean(iou) * 100,
-            "aAcc": a_acc,
-            "mAcc": _nanmean(acc) * 100,
-            "per_class_iou": (iou * 100).tolist(),
-            "per_class_acc": (acc * 100).tolist(),
-            "confusion": self.confusion.detach().clone(),
-        }
+        out = scores_from_confusion(self.confusion, self.reduction, self.pred_ignore)
+        out["confusion"] = self.confusion.detach().clone()
+        return out
+
+
+def scores_from_confusion(confusion: torch.Tensor, reduction: str = "mmseg", pred_ignore: str = "miss") -> dict[str, Any]:
+    """mIoU / aAcc / mAcc / per-class scores (×100) of a C×(C+1) confusion matrix.
+
+    A plain function so one accumulated state can be reported under several rules.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
+    cm = confusion.detach().to("cpu", torch.float64)
+    c = cm.shape[0]
+    if pred_ignore == "drop":
+        cm = cm[:, :c]
+    inter = torch.diagonal(cm[:, :c])
+    gt = cm.sum(dim=1)  # includes the "no class" column under pred_ignore="miss"
+    pred = cm[:, :c].sum(dim=0)
+    union = gt + pred - inter
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    iou = torch.where(union > 0, inter / union.clamp(min=1), nan)
+    acc = torch.where(gt > 0, inter / gt.clamp(min=1), nan)
+    if reduction == "present":
+        iou = torch.where(gt > 0, iou, nan)
+    total = gt.sum()
+    a_acc = float(inter.sum() / total) * 100 if total > 0 else float("nan")
+    return {
+        "mIoU": _nanmean(iou) * 100,
+        "aAcc": a_acc,
+        "mAcc": _nanmean(acc) * 100,
+        "per_class_iou": (iou * 100).tolist(),
+        "per_class_acc": (acc * 100).tolist(),
+    }
 
 
 def _nanmean(x: torch.Tensor) -> float:
