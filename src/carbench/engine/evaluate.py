@@ -22,7 +22,14 @@ from tqdm import tqdm
 
 from carbench.data import build_dataset
 from carbench.data.voc_format import write_palette_png
-from carbench.engine.progress import PROGRESS_FILE, RESULTS_FILE, Progress, ResumeError, config_hash, find_resumable
+from carbench.engine.progress import (
+    PROGRESS_FILE,
+    RESULTS_FILE,
+    Progress,
+    ResumeError,
+    config_hash,
+    find_resumable,
+)
 from carbench.engine.results import git_sha, package_versions, write_json_atomic
 from carbench.metrics import SemanticIoU, scores_from_confusion
 from carbench.models.clip import resolve_device
