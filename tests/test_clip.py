@@ -103,3 +103,16 @@ def test_cuda_requested_without_cuda(monkeypatch):
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_text_longer_than_context_is_truncated_with_a_warning(tiny_backbone):
+    long = "the small red " + "very " * 100 + "big dog on the left"
+    with pytest.warns(UserWarning, match="truncated"):
+        emb = tiny_backbone.encode_strings([long])
+    assert emb.shape[0] == 1 and torch.isfinite(emb).all()
+
+
+def test_non_ascii_expression_encodes(tiny_backbone):
+    emb = tiny_backbone.encode_strings(["le chien à gauche — 左边的狗", "café"])
+    assert emb.shape[0] == 2 and torch.isfinite(emb).all()
+    assert not torch.allclose(emb[0], emb[1])

@@ -35,7 +35,7 @@ def test_evaluate_voc_fixture_writes_complete_results(tmp_path, voc_root):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert res["num_images"] == {"expected": 3, "evaluated": 3, "failed": 0}
+    assert res["num_images"] == {"expected": 3, "evaluated": 3, "failed": 0, "split_size": 3}
     assert res["dataset"]["name"] == "voc21" and res["dataset"]["num_classes"] == 21
     assert 0.0 <= res["metrics"]["mIoU"] <= 100.0
     assert len(res["per_class_iou"]) == 21 and "background" in res["per_class_iou"]

@@ -123,3 +123,14 @@ def test_bad_hyperparameters(kw):
 def test_unknown_prompt_type():
     with pytest.raises(ValueError, match="circle"):
         CaR(FakeProposer(["cat"]), FakeClassifier({}), visual_prompts=["sparkle"])
+
+
+def test_same_config_and_seed_give_bit_identical_outputs_on_cpu(scene):
+    from carbench.models.factory import build_segmenter
+
+    cfg = {"proposal": "tiny_random", "classifier": "tiny_random", "background_queries": ["sky"],
+           "templates": ["a {}.", "the {}."], "confidence_threshold": 0.3}
+    a = build_segmenter(cfg, {"name": "crf"}, seed=0).segment(scene, ["red box", "tree", "dog"])
+    b = build_segmenter(cfg, {"name": "crf"}, seed=0).segment(scene, ["red box", "tree", "dog"])
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.masks, b.masks)
+    assert np.array_equal(a.scores, b.scores) and a.kept == b.kept

@@ -104,6 +104,8 @@ def _check_files(root: Path, ids: Sequence[str]) -> None:
 class VOCSegmentation(SemanticDataset):
     """Pascal VOC 2012 semantic segmentation from `root` = the ``VOCdevkit/VOC2012`` folder.
 
+    Subclasses that reuse the VOC layout with other classes (the toy world) override `CLASSES`.
+
     Args:
         root: the VOC2012 folder (holding JPEGImages, SegmentationClass, ImageSets/Segmentation).
         split: name of a file in ImageSets/Segmentation (``val`` for the benchmark: 1,449 images).
@@ -111,6 +113,8 @@ class VOCSegmentation(SemanticDataset):
         queries: the 20 foreground query strings in class order; defaults to the plain class names.
             Dataset configs pass CaR's renamed queries ("bird avian", …); label ids never change.
     """
+
+    CLASSES: tuple[str, ...] = VOC_CLASSES  # label-id order, 0 = background
 
     def __init__(
         self,
@@ -121,7 +125,8 @@ class VOCSegmentation(SemanticDataset):
     ) -> None:
         if variant not in VOC_VARIANTS:
             raise ValueError(f"unknown VOC variant {variant!r}; set dataset.variant to one of {list(VOC_VARIANTS)}")
-        foreground = list(VOC_CLASSES[1:])
+        foreground = list(self.CLASSES[1:])
+        nfg = len(foreground)
         if queries is None:
             queries = foreground
         queries = list(queries)
@@ -136,12 +141,12 @@ class VOCSegmentation(SemanticDataset):
         self.name = variant
         self.queries = queries
         if variant == "voc21":
-            self.class_names = list(VOC_CLASSES)
-            self.query_label_ids = list(range(1, 21))
+            self.class_names = list(self.CLASSES)
+            self.query_label_ids = list(range(1, nfg + 1))
             self.background_label = 0
         else:
             self.class_names = foreground
-            self.query_label_ids = list(range(20))
+            self.query_label_ids = list(range(nfg))
             self.background_label = IGNORE_INDEX
         self._check_metadata()
 
@@ -158,7 +163,7 @@ class VOCSegmentation(SemanticDataset):
     def _load(self, index: int) -> Sample:
         image_path, label_path = self.image_path(index), self.label_path(index)
         image = read_image(image_path)
-        raw = read_label(label_path, expected_mode="P", shape=image.shape[:2], num_classes=len(VOC_CLASSES))
+        raw = read_label(label_path, expected_mode="P", shape=image.shape[:2], num_classes=len(self.CLASSES))
         target = _REDUCE_ZERO_LUT[raw] if self.variant == "voc20" else raw.astype(np.int64)
         return Sample(
             id=self.ids[index],

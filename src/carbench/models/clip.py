@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -144,10 +145,10 @@ def load_clip(
     preset = get_preset(preset_name)
     weights = pretrained if pretrained is not None else preset.pretrained
     if preset.builder == "toy":
-        from carbench.toy.model import load_toy_clip
+        from carbench.toy.model import TOY_MEAN, TOY_STD, load_toy_clip
 
         model, tokenizer = load_toy_clip(None if weights in (None, "bundled") else weights)
-        mean, std = model.visual.image_mean, model.visual.image_std
+        mean, std = TOY_MEAN, TOY_STD
     else:
         model = _build_open_clip(preset, weights, cache_dir, seed)
         tokenizer = open_clip.get_tokenizer(preset.arch)
@@ -207,6 +208,7 @@ class ClipBackbone:
         self.blocks = list(visual.transformer.resblocks)
         self.logit_scale = float(model.logit_scale.exp().item())
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._warned: set[str] = set()
         self.cache_text = True  # False = the official structure: re-encode every string on every call
         self.text_encodes = 0  # number of strings actually run through the text tower (for tests/bench)
 
@@ -216,15 +218,28 @@ class ClipBackbone:
         """L2-normalised embeddings [N, D] of exact strings, each computed once per backbone."""
         if not self.cache_text:
             self.text_encodes += len(texts)
-            return F.normalize(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float(), dim=-1)
+            return F.normalize(self.model.encode_text(self.tokenize(texts)).float(), dim=-1)
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
-            tokens = self.tokenizer(list(missing)).to(self.device)
+            tokens = self.tokenize(missing)
             emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
             self.text_encodes += len(missing)
             for t, e in zip(missing, emb, strict=True):
                 self._text_cache[t] = e
         return torch.stack([self._text_cache[t] for t in texts])
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [N, context]; a text that fills the whole context was cut: say so, once per text."""
+        tokens = self.tokenizer(list(texts))
+        full = tokens[:, -1] != 0  # open_clip pads with 0 and puts EOT last when it truncates
+        for text in (t for t, f in zip(texts, full.tolist(), strict=True) if f and t not in self._warned):
+            self._warned.add(text)
+            warnings.warn(
+                f"text {text[:60]!r}… fills the {tokens.shape[1]}-token text context of preset "
+                f"{self.preset.name!r} and is truncated there",
+                stacklevel=3,
+            )
+        return tokens.to(self.device)
 
     def encode_text(self, queries: Sequence[str], templates: Sequence[str] | None = None) -> torch.Tensor:
         """Per-template embeddings [T, K, D] (T = 1 and the raw query when `templates` is empty)."""

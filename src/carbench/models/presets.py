@@ -36,7 +36,7 @@ PRESETS: dict[str, BackbonePreset] = {
         # Small random-init model with the real open_clip tokenizer: fast tests of the whole path.
         BackbonePreset("tiny_random", "carbench-tiny", None, 224, note="random init, for tests"),
         # The project's own tiny CLIP trained on the toy world (carbench.toy).
-        BackbonePreset("toy", "carbench-toy", "bundled", 64, builder="toy", note="trained on toy scenes"),
+        BackbonePreset("toy", "carbench-toy", "bundled", 96, builder="toy", note="trained on toy scenes"),
     ]
 }
 
