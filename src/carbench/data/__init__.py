@@ -6,8 +6,8 @@ Importing this package registers the built-in adapters (`voc`, `voc_fixture`, `t
 
 from carbench.data.base import SemanticDataset, read_image, read_label
 from carbench.data.registry import DATASETS, build_dataset, register_dataset
-from carbench.data.voc import VOCSegmentation  # registers "voc" and "voc_fixture"
 from carbench.data.toy import ToySegmentation  # registers "toy"
+from carbench.data.voc import VOCSegmentation  # registers "voc" and "voc_fixture"
 
 __all__ = [
     "DATASETS",
