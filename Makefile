@@ -12,8 +12,8 @@ install:            ## create .venv and install carbench with its dev tools
 test:               ## the test suite (what CI runs)
 	$(PY) -m pytest -q
 
-demo:               ## the bundled default run (see README)
-	$(PY) evaluate.py
+demo:               ## the bundled default run, plus overlay PNGs of the first images
+	$(PY) evaluate.py overlays=4
 
 bench:              ## speed benchmark: fast vs reference structure (see benchmarks/bench_car.py)
 	$(PY) benchmarks/bench_car.py $(BENCH_ARGS)

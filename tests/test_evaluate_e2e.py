@@ -31,7 +31,7 @@ def voc_root(tmp_path_factory) -> Path:
 def test_evaluate_voc_fixture_writes_complete_results(tmp_path, voc_root):
     proc = run_evaluate(
         tmp_path, "dataset=voc", f"dataset.root={voc_root}", "model.proposal=tiny_random",
-        "model.classifier=tiny_random", "save_predictions=true", "device=cpu",
+        "model.classifier=tiny_random", "save_predictions=true", "device=cpu", "overlays=1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -47,6 +47,8 @@ def test_evaluate_voc_fixture_writes_complete_results(tmp_path, voc_root):
     assert sum(res["steps_histogram"].values()) == 3 and min(map(int, res["steps_histogram"])) >= 2
     assert res["versions"]["torch"] and "git_sha" in res
     ids = (voc_root / "ImageSets/Segmentation/val.txt").read_text().split()
+    overlays = sorted((tmp_path / "run" / "overlays").glob("*.png"))
+    assert [p.stem for p in overlays] == ids[:1]  # image | GT | CaR | trace, first image only
     for i in ids:  # one palette PNG per image, same stem, same size as the image
         pred = Image.open(tmp_path / "run" / "predictions" / f"{i}.png")
         assert pred.mode == "P"

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from carbench.data import build_dataset
 from carbench.data.voc_format import write_palette_png
+from carbench.engine.overlays import write_overlay
 from carbench.engine.progress import (
     PROGRESS_FILE,
     RESULTS_FILE,
@@ -163,6 +164,8 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             times["total"] = time.perf_counter() - t0
             if cfg.save_predictions:
                 write_palette_png(pred_dir / f"{sample.id}.png", labels.astype(np.uint8))
+            if idx < int(cfg.get("overlays", 0)):
+                write_overlay(run_dir / "overlays" / f"{sample.id}.png", sample, labels, pred)
             progress.add({
                 "index": idx, "id": sample.id, "status": "ok",
                 "confusion": [nz.tolist(), delta[nz].tolist()],
@@ -223,6 +226,8 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     }
     write_json_atomic(run_dir / RESULTS_FILE, results)
     print(f"images: expected {n}, evaluated {len(ok)}, failed {len(failed)}")
+    if int(cfg.get("overlays", 0)):
+        print(f"overlays (image | GT | CaR | kept queries per step): {run_dir / 'overlays'}")
     log.info("mIoU %.2f on %d images of %s; results in %s", scores["mIoU"], len(ok), dataset.name, run_dir)
     results["run_dir"] = str(run_dir)
     return results
