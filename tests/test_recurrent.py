@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from carbench.models.recurrent import CaR
 from carbench.types import BACKGROUND
@@ -33,6 +34,8 @@ class FakeProposer:
 
 
 class FakeBackbone:
+    device = torch.device("cpu")
+
     def encode_text(self, queries, templates):
         return None
 

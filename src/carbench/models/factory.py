@@ -101,6 +101,7 @@ def build_car(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Backbo
         cam_text_quirk=cfg.get("cam_text_quirk", True),
         prompt_kwargs={"gray_bgr_quirk": cfg.get("gray_bgr_quirk", True)},
         reuse_unchanged_step=not ref,
+        amp=str(cfg.get("amp", "auto")),
     )
 
 

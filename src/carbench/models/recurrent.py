@@ -9,11 +9,13 @@ given, unfiltered — so `max_steps=1` is the paper's "no recurrence" row of Tab
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 
 from carbench.models.classifier import MaskClassifier
 from carbench.models.labels import assemble_semantic_labels
@@ -21,6 +23,7 @@ from carbench.models.prompts import prompt_images, validate_prompts
 from carbench.models.proposals.clip_es import ClipESProposer
 from carbench.types import Prediction
 
+AMP_DTYPES = {"auto": None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PostProcess = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (image, K×H×W maps) → K×H×W masks
 
 
@@ -51,6 +54,7 @@ class CaR:
         cam_text_quirk: bool = True,
         prompt_kwargs: dict | None = None,
         reuse_unchanged_step: bool = True,
+        amp: str = "auto",
     ) -> None:
         for name, v in (("mask_threshold (η)", mask_threshold), ("confidence_threshold (θ)", confidence_threshold)):
             if not 0.0 <= v <= 1.0:
@@ -67,6 +71,17 @@ class CaR:
         self.cam_text_quirk = cam_text_quirk
         self.prompt_kwargs = prompt_kwargs or {}
         self.reuse_unchanged_step = reuse_unchanged_step
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"unknown model.amp {amp!r}; valid: {', '.join(AMP_DTYPES)}")
+        self.amp = amp
+
+    def autocast(self):
+        """bf16/fp16 autocast for the CLIP work on CUDA ("auto" = bf16 there); CPU stays fp32, bit-exact."""
+        device = self.classifier.backbone.device
+        dtype = AMP_DTYPES[self.amp] if self.amp != "auto" else (torch.bfloat16 if device.type == "cuda" else None)
+        if dtype is None or device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=dtype)
 
     def cam_texts(self, queries: Sequence[str], step: int) -> list[str]:
         """Quirk A: raw query text in stage 1, the CAM template from stage 2 on (switchable)."""
@@ -133,9 +148,11 @@ class CaR:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be H×W×3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
         t0 = time.perf_counter()
-        self.warm_text(queries)
+        with self.autocast():
+            self.warm_text(queries)
         t_text = time.perf_counter() - t0
-        alive, maps, scores, trace = self.run_loop(image, queries)
+        with self.autocast():
+            alive, maps, scores, trace = self.run_loop(image, queries)
         trace[0]["time"]["text"] = t_text
         t0 = time.perf_counter()
         final = self.postprocess(image, maps).astype(np.float32) if self.postprocess else maps
