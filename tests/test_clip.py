@@ -116,3 +116,12 @@ def test_non_ascii_expression_encodes(tiny_backbone):
     emb = tiny_backbone.encode_strings(["le chien à gauche — 左边的狗", "café"])
     assert emb.shape[0] == 2 and torch.isfinite(emb).all()
     assert not torch.allclose(emb[0], emb[1])
+
+
+def test_token_path_reproduces_encode_image_for_the_avg_pooled_toy_clip():
+    bb = load_clip("toy")
+    assert bb.visual.pool_type == "avg"
+    img = (np.random.default_rng(2).random((96, 96, 3)) * 255).astype(np.uint8)
+    x = bb.to_input(img)
+    ref = torch.nn.functional.normalize(bb.model.encode_image(x), dim=-1)
+    torch.testing.assert_close(bb.encode_images(x, skip_last_block=False), ref, rtol=1e-4, atol=1e-5)

@@ -109,6 +109,8 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     seed_everything(int(cfg.seed))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     device = resolve_device(str(cfg.device))
     dataset = build_dataset(cfg.dataset)
     limit = cfg.get("limit")

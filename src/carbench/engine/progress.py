@@ -19,7 +19,7 @@ from typing import Any
 PROGRESS_FILE = "progress.jsonl"
 RESULTS_FILE = "results.json"
 # keys that do not change what a run computes, so they may differ between a run and its resume
-NON_SEMANTIC_KEYS = ("resume", "num_workers", "on_error", "logger")
+NON_SEMANTIC_KEYS = ("resume", "resume_search_dir", "num_workers", "threads", "on_error", "logger", "overlays")
 
 
 class ResumeError(RuntimeError):

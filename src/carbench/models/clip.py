@@ -310,11 +310,12 @@ class ClipBackbone:
         x = self.visual.ln_post(tokens[:, 1:]).mean(1)
         return x @ self.visual.proj if self.visual.proj is not None else x
 
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The model's own global pooling (CLS for OpenAI CLIP, patch mean for 'avg' models)."""
+    def pooled_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The model's own global embedding, as open_clip computes it: CLS for OpenAI CLIP, or the
+        mean of ln_post(patch tokens) for 'avg'-pooled models (such as the toy CLIP)."""
         if self.visual.pool_type == "avg":
-            return tokens[:, 1:].mean(1)
-        return tokens[:, 0]
+            return self.patch_mean_embedding(tokens)
+        return self.project(tokens[:, 0])
 
     @torch.no_grad()
     def encode_images(self, batch: torch.Tensor, skip_last_block: bool = False) -> torch.Tensor:
@@ -326,4 +327,4 @@ class ClipBackbone:
         tokens, _ = self.embed(batch)
         stop = len(self.blocks) - 1 if skip_last_block else None
         tokens, _ = self.run_blocks(tokens, 0, stop)
-        return F.normalize(self.project(self.pool(tokens)).float(), dim=-1)
+        return F.normalize(self.pooled_embedding(tokens).float(), dim=-1)
