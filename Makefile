@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench toy-model clean
 
 install:            ## create .venv and install carbench with its dev tools
 	test -d .venv || python3 -m venv .venv
@@ -17,6 +17,9 @@ demo:               ## the bundled default run, plus overlay PNGs of the first i
 
 bench:              ## speed benchmark: fast vs reference structure (see benchmarks/bench_car.py)
 	$(PY) benchmarks/bench_car.py $(BENCH_ARGS)
+
+toy-model:          ## retrain the bundled toy CLIP (resumable: rerun continues from .cache/toy_train)
+	$(PY) -m carbench.toy.train --resume $(TOY_ARGS)
 
 lint:
 	$(PY) -m ruff check src tests benchmarks evaluate.py
