@@ -103,6 +103,10 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """
     out_dir = Path(out_dir)
     check_writable(out_dir)
+    if cfg.dataset.get("task", "semantic") == "referring":  # RefCOCO/+/g: per-expression masks
+        from carbench.engine.referring import run_referring_evaluation
+
+        return run_referring_evaluation(cfg, out_dir)
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg_hash = config_hash(plain_cfg)
     on_error = str(cfg.get("on_error", "raise"))
@@ -153,7 +157,10 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             if load_error is not None:
                 raise RuntimeError(load_error)
             t0 = time.perf_counter()
-            pred = segmenter.segment(sample.image, sample.queries)
+            if hasattr(segmenter, "segment_sample"):  # models that need the sample id (e.g. precomputed)
+                pred = segmenter.segment_sample(sample)
+            else:
+                pred = segmenter.segment(sample.image, sample.queries)
             labels = to_dataset_labels(pred, lut)
             before = metric.confusion.clone()
             metric.update(labels, sample.target)
