@@ -1,16 +1,23 @@
 """Dataset adapters: each benchmark's on-disk format → `carbench.types.Sample`, built by name.
 
-Importing this package registers the built-in adapters (`voc`, `voc_fixture`, `toy`), so
-`build_dataset({"name": "voc", "root": ...})` works after `import carbench.data`.
+Importing this package registers the built-in adapters (`voc`, `voc_fixture`, `toy`, `coco_object`,
+`pascal_context`, `refcoco`, `refcoco+`, `refcocog`), so `build_dataset({"name": "voc", "root": ...})`
+works after `import carbench.data`.
 """
 
 from carbench.data.base import SemanticDataset, read_image, read_label
+from carbench.data.coco_object import COCOObject  # registers "coco_object"
+from carbench.data.pascal_context import PascalContext  # registers "pascal_context"
+from carbench.data.refcoco import ReferringDataset  # registers "refcoco", "refcoco+", "refcocog"
 from carbench.data.registry import DATASETS, build_dataset, register_dataset
 from carbench.data.toy import ToySegmentation  # registers "toy"
 from carbench.data.voc import VOCSegmentation  # registers "voc" and "voc_fixture"
 
 __all__ = [
+    "COCOObject",
     "DATASETS",
+    "PascalContext",
+    "ReferringDataset",
     "SemanticDataset",
     "ToySegmentation",
     "VOCSegmentation",

@@ -96,8 +96,19 @@ class ReferringIoU(Metric):
             raise ValueError(
                 f"preds and target shapes differ: preds {tuple(p.shape)} vs target {tuple(g.shape)}"
             )
-        inter = (p & g).sum(dim=(1, 2), dtype=torch.int64)
-        union = (p | g).sum(dim=(1, 2), dtype=torch.int64)
+        self.update_counts((p & g).sum(dim=(1, 2), dtype=torch.int64), (p | g).sum(dim=(1, 2), dtype=torch.int64))
+
+    def update_counts(self, inter: torch.Tensor | int, union: torch.Tensor | int) -> None:
+        """Add samples given only their pixel counts I and U (scalars or 1-D), e.g. from a run's progress log.
+
+        `update` goes through here, so a resumed run that replays logged (I, U) pairs ends in the same
+        state, bit for bit, as one that saw the masks.
+        """
+        device = self.intersection.device
+        inter = torch.as_tensor(inter, dtype=torch.int64, device=device).reshape(-1)
+        union = torch.as_tensor(union, dtype=torch.int64, device=device).reshape(-1)
+        if inter.shape != union.shape or bool((inter < 0).any()) or bool((inter > union).any()):
+            raise ValueError(f"need 0 ≤ I ≤ U elementwise with equal shapes, got I={inter.tolist()}, U={union.tolist()}")
         iou = torch.where(
             union > 0,
             inter.to(torch.float64) / union.clamp(min=1).to(torch.float64),
@@ -109,6 +120,9 @@ class ReferringIoU(Metric):
         self.iou_sum += iou.sum()
         self.num_samples += iou.numel()
         self.hits += (iou[:, None] >= th[None, :]).sum(dim=0)
+        # torchmetrics wraps only `update`: keep its bookkeeping right when this is called directly
+        self._computed = None
+        self._update_count += 1
 
     def compute(self) -> dict[str, Any]:
         """Percent scores over every sample seen (and every shard, after distributed sync)."""
