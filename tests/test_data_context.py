@@ -137,3 +137,5 @@ def test_context59_in_process_scores_59_classes(tmp_path, voc2010) -> None:
     assert "background" not in res["per_class_iou"] and len(res["per_class_iou"]) == 59
     assert res["num_images"]["evaluated"] == 3
     assert res["config"]["model"]["two_pass"]["stuff_bg_factor"] == 1.0  # context59 inherits the two passes
+    # CaR's lenient PC59 rule: "no class" predictions are dropped, not counted as misses (dataset config wins)
+    assert res["metric_rule"]["pred_ignore"] == "drop"

@@ -49,13 +49,23 @@ def _strict_decoding() -> Iterator[None]:
 def _open_fully(path: Path) -> Image.Image:
     """Open and fully decode an image file, turning every decode failure into a ValueError."""
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise FileNotFoundError(
+            f"no such file: {path} (it was listed when the dataset was opened); restore it from the dataset "
+            "archive or regenerate the split"
+        )
     try:
         with _strict_decoding(), Image.open(path) as im:
             im.load()  # decode now, inside the strict context; pixels stay in memory after close
             return im
-    except PermissionError:
-        raise
+    except PermissionError as e:
+        raise PermissionError(
+            f"cannot read {path}: permission denied; make the dataset readable by this user "
+            f"(e.g. chmod -R a+rX on the dataset root)"
+        ) from e
+    except Image.DecompressionBombError as e:
+        raise ValueError(
+            f"cannot decode {path}: {e}. If the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS before the run."
+        ) from e
     except _DECODE_ERRORS as e:
         raise ValueError(
             f"cannot decode {path}: {e}. The file is truncated or corrupt; re-extract it from the "
@@ -107,12 +117,17 @@ def read_label(
             f"{' (palette)' if expected_mode == 'P' else ''}.{hint}"
         )
     if im.mode not in ("P", "L"):
-        raise ValueError(f"label {path} has PIL mode {im.mode!r}; label maps must be 'P' or 'L' PNGs of class ids")
+        raise ValueError(
+            f"label {path} has PIL mode {im.mode!r}; label maps must be 8-bit 'P' (palette) or 'L' PNGs of class "
+            "ids: use the original file from the dataset archive, or write labels with "
+            "carbench.data.voc_format.write_palette_png"
+        )
     label = np.array(im, dtype=np.uint8)  # P → palette indices, L → values; no colour conversion
     if shape is not None and label.shape != tuple(shape):
         raise ValueError(
             f"label {path} has shape {label.shape[0]}×{label.shape[1]} (H×W) but its image is "
-            f"{shape[0]}×{shape[1]}; labels are never resized, so this is the wrong or a damaged file"
+            f"{shape[0]}×{shape[1]}; labels are never resized, so this is the wrong or a damaged file: "
+            f"restore the original label from the dataset archive"
         )
     if num_classes is not None:
         counts = np.bincount(label.ravel(), minlength=256)
@@ -122,8 +137,9 @@ def read_label(
         bad = np.flatnonzero((counts > 0) & ~valid)
         if bad.size:
             raise ValueError(
-                f"label {path} contains values {bad.tolist()} outside [0, {num_classes}) ∪ {{{ignore_index}}}; "
-                f"is this the right dataset / variant, and an unconverted original label?"
+                f"label {path} contains values {bad.tolist()} outside [0, {num_classes}) ∪ {{{ignore_index}}}: it "
+                f"is not a label of this dataset's {num_classes} classes. Check that dataset.name / dataset.root "
+                f"point at the right dataset, and restore the original (unconverted) label from its archive"
             )
     return label
 

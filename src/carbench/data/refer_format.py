@@ -36,6 +36,19 @@ SPLITS_BY: dict[str, tuple[str, ...]] = {
 }
 
 
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickler for REFER's `refs(<split_by>).p`: plain data only, every global refused."""
+
+    def __init__(self, fh, path: Path) -> None:
+        super().__init__(fh)
+        self.path = path
+
+    def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
+        raise pickle.UnpicklingError(
+            f"{self.path}: refusing global {module}.{name}; REFER refs hold only plain data — re-download the file"
+        )
+
 def load_refer(root: Path, dataset: str, split_by: str, hint: str) -> tuple[list[dict], dict[str, Any]]:
     """(refs, instances) of one dataset/partition; a missing file names its path and `hint`."""
     ref_file = root / dataset / f"refs({split_by}).p"
@@ -47,7 +60,9 @@ def load_refer(root: Path, dataset: str, split_by: str, hint: str) -> tuple[list
                 f"{dataset}: expected {f}, which is missing (files in {root / dataset}: {present or 'none'}). {hint}"
             )
     with open(ref_file, "rb") as fh:
-        refs = pickle.load(fh)  # written by Python 2; binary-mode load works in Python 3 (as LAVT does)
+        # written by Python 2 (plain lists/dicts/str/int); a restricted unpickler refuses any global, so a
+        # tampered annotation file can never run code
+        refs = _PlainUnpickler(fh, ref_file).load()
     if not isinstance(refs, list) or (refs and not isinstance(refs[0], dict)):
         raise ValueError(f"{ref_file} does not hold a list of ref dicts (REFER format); re-download it. {hint}")
     with open(inst_file) as fh:

@@ -51,7 +51,8 @@ def _check_layout(root: Path) -> None:
     """Raise FileNotFoundError naming what is missing under `root`, and where the data might be instead."""
     if not root.is_dir():
         where = "" if root.is_absolute() else f" (relative to the working directory: {root.resolve()})"
-        raise FileNotFoundError(f"VOC root {root} does not exist{where}; {LAYOUT_HINT}")
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"VOC root {root} {what}{where}; {LAYOUT_HINT}")
     missing = [d for d in (IMAGE_DIR, LABEL_DIR, SPLIT_DIR) if not (root / d).is_dir()]
     if not missing:
         return
@@ -74,10 +75,18 @@ def _read_split(root: Path, split: str) -> list[str]:
             f"VOC split file {split_file} not found; split files that exist: {available or 'none'} "
             f"(set dataset.split=<one of them>). {LAYOUT_HINT}"
         )
-    ids = [line.strip() for line in split_file.read_text().splitlines()]
+    ids = [line.strip() for line in split_file.read_text(encoding="utf-8", errors="replace").splitlines()]
     ids = [i for i in ids if i]
     if not ids:
         raise ValueError(f"VOC split file {split_file} lists no ids; re-extract it from the VOC2012 archive")
+    seen: set[str] = set()
+    dups = sorted({i for i in ids if i in seen or seen.add(i)})
+    if dups:  # each would be scored twice, silently weighting those images double in the metric
+        shown = ", ".join(dups[:MAX_LISTED]) + (f" … and {len(dups) - MAX_LISTED} more" if len(dups) > MAX_LISTED else "")
+        raise ValueError(
+            f"VOC split file {split_file} lists {len(dups)} id(s) more than once ({shown}); each image must be "
+            f"listed once: remove the repeated lines or re-extract the file from the VOC2012 archive"
+        )
     return ids
 
 
@@ -94,9 +103,14 @@ def _check_files(root: Path, ids: Sequence[str]) -> None:
     if missing:
         shown = "\n  ".join(missing[:MAX_LISTED])
         more = f"\n  … and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        suffixed = [i for i in ids if i.lower().endswith((".jpg", ".png", ".jpeg"))]
+        ext_hint = (
+            f" The split lists file names ({suffixed[0]!r}): split files list ids without extension."
+            if suffixed else ""
+        )
         raise FileNotFoundError(
             f"{len(missing)} file(s) listed by the split under {root} are missing:\n  {shown}{more}\n"
-            f"The dataset is incomplete: re-extract VOCtrainval_11-May-2012.tar ({LAYOUT_HINT})."
+            f"The dataset is incomplete: re-extract VOCtrainval_11-May-2012.tar ({LAYOUT_HINT}).{ext_hint}"
         )
 
 

@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from carbench.data import build_dataset
 from carbench.data.voc_format import write_palette_png
+from carbench.engine import distributed as dist_util
+from carbench.engine.loggers import build_logger, overlay_count
 from carbench.engine.overlays import write_overlay
 from carbench.engine.progress import (
     PROGRESS_FILE,
@@ -100,13 +102,21 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     Every finished image is appended to progress.jsonl (fsynced), so a run killed at any point
     and restarted with the same command + resume=true (or into the same run dir) ends with the
     same metrics as an uninterrupted run. results.json is written once, complete, atomically.
+
+    Under `torchrun` (WORLD_SIZE > 1) every rank evaluates a strided shard of the remaining images
+    into its own progress file, the confusion matrices are summed by torchmetrics' distributed sync,
+    and rank 0 alone writes results.json and calls the logger (engine/distributed.py).
     """
     out_dir = Path(out_dir)
     check_writable(out_dir)
     if cfg.dataset.get("task", "semantic") == "referring":  # RefCOCO/+/g: per-expression masks
         from carbench.engine.referring import run_referring_evaluation
 
-        return run_referring_evaluation(cfg, out_dir)
+        results = run_referring_evaluation(cfg, out_dir)
+        logger = build_logger(cfg)  # after the fact: config, metrics (mIoU, oIoU …), overlays if any
+        logger.start(OmegaConf.to_container(cfg, resolve=True), Path(results["run_dir"]))
+        logger.finish(results, Path(results["run_dir"]))
+        return results
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg_hash = config_hash(plain_cfg)
     on_error = str(cfg.get("on_error", "raise"))
@@ -116,12 +126,45 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(str(cfg.device))
+    ctx = dist_util.init_distributed(cfg.get("dist"), device)
+    try:
+        return _run_semantic(cfg, out_dir, plain_cfg, cfg_hash, on_error, dist_util.rank_device(device, ctx), ctx)
+    finally:
+        dist_util.shutdown(ctx)
+
+
+def _run_semantic(
+    cfg: DictConfig, out_dir: Path, plain_cfg: Any, cfg_hash: str, on_error: str, device: torch.device,
+    ctx: dist_util.DistContext,
+) -> dict[str, Any]:
+    """The semantic loop of `run_evaluation` for this rank (the whole job when not distributed)."""
+    out_dir = Path(dist_util.broadcast(str(out_dir), ctx))  # Hydra may stamp each rank's dir differently
     dataset = build_dataset(cfg.dataset)
     limit = cfg.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer (the first N images) or null for the whole split, "
+                         f"got {limit!r}")
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
-    segmenter = build_segmenter(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
-    run_dir = _resolve_run_dir(cfg, out_dir, cfg_hash)
-    progress = Progress.open(run_dir, cfg_hash)
+    if cfg.model.get("two_pass"):  # Pascal Context: things pass + stuff pass (models/two_pass.py, car-method §1.7)
+        from carbench.models.two_pass import build_two_pass
+
+        segmenter = build_two_pass(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
+    else:
+        segmenter = build_segmenter(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
+    resolved: tuple[str | None, str | None] = (None, None)
+    if ctx.is_main:
+        try:
+            resolved = (str(_resolve_run_dir(cfg, out_dir, cfg_hash)), None)
+        except ResumeError as err:
+            resolved = (None, str(err))
+    found, error = dist_util.broadcast(resolved, ctx)
+    if error is not None:
+        raise ResumeError(error)
+    run_dir = Path(found)
+    progress = Progress.open(run_dir, cfg_hash, filename=dist_util.progress_filename(ctx))
+    dist_util.barrier(ctx)  # every rank has repaired its own file before anyone reads the others
+    done_before = dist_util.read_all_records(run_dir, cfg_hash)
+    dist_util.barrier(ctx)  # nobody appends this attempt's records before everyone has read
 
     metric = SemanticIoU(
         num_classes=dataset.num_classes,
@@ -130,27 +173,75 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         pred_ignore=str(cfg.metric.pred_ignore),
         class_names=dataset.class_names,
     )
-    for rec in progress.records.values():  # state of the images a previous attempt finished
+    # state of the images a previous attempt finished (any rank's file); added once, on rank 0
+    for rec in done_before.values() if ctx.is_main else ():
         if rec["status"] == "ok":
             flat = metric.confusion.view(-1)
             flat[torch.as_tensor(rec["confusion"][0], dtype=torch.long)] += torch.as_tensor(
                 rec["confusion"][1], dtype=torch.int64
             )
-    todo = [i for i in range(n) if i not in progress.records]
-    if progress.records:
+    todo = [i for i in range(n) if i not in done_before]
+    if done_before and ctx.is_main:
         log.info("resuming: %d of %d images already done in %s", n - len(todo), n, run_dir)
+    mine = dist_util.shard(todo, ctx)
+    if ctx.backend == "nccl":
+        metric = metric.to(device)  # nccl gathers CUDA tensors only
     lut = label_lookup(dataset.query_label_ids, dataset.background_label)
     pred_dir = run_dir / "predictions"
     if cfg.save_predictions:
         pred_dir.mkdir(exist_ok=True)
+    logger = build_logger(cfg) if ctx.is_main else build_logger(None)
+    logger.start(plain_cfg, run_dir)
 
     workers = int(cfg.get("num_workers", 0))
     loader = torch.utils.data.DataLoader(
-        _Loaded(dataset, todo), batch_size=None, shuffle=False, num_workers=workers,
+        _Loaded(dataset, mine), batch_size=None, shuffle=False, num_workers=workers,
         collate_fn=lambda x: x, prefetch_factor=2 if workers else None,
     )
     t_start = time.perf_counter()
-    bar = tqdm(total=n, initial=n - len(todo), desc=f"CaR on {dataset.name}", unit="img", dynamic_ncols=True)
+    bar = tqdm(total=n if not ctx.enabled else len(mine), initial=n - len(todo) if not ctx.enabled else 0,
+               desc=f"CaR on {dataset.name}" + (f" [rank {ctx.rank}]" if ctx.enabled else ""), unit="img",
+               dynamic_ncols=True, disable=ctx.enabled and not ctx.is_main)
+    try:
+        _loop(cfg, loader, dataset, segmenter, metric, lut, progress, run_dir, pred_dir, on_error, bar)
+    except BaseException:
+        dist_util.any_rank_failed(True, ctx)  # release the other ranks from the collective below
+        logger.finish(None, run_dir)
+        raise
+    if dist_util.any_rank_failed(False, ctx):
+        logger.finish(None, run_dir)
+        raise RuntimeError(
+            f"another rank failed (see its log); this rank's finished images are kept in {progress.path}. "
+            "Rerun the same command with resume=true to continue."
+        )
+    bar.close()
+    wall = time.perf_counter() - t_start
+    scores = metric.compute()  # collective under torchrun: torchmetrics sums the ranks' confusion matrices
+    dist_util.barrier(ctx)  # every rank's progress file is complete
+    all_records = dist_util.read_all_records(run_dir, cfg_hash)
+    missing = [i for i in range(n) if i not in all_records]
+    if missing:
+        raise RuntimeError(f"{len(missing)} images have no record in {run_dir} (first: index {missing[0]})")
+    results = _assemble_results(cfg, dataset, device, plain_cfg, cfg_hash, n, todo, wall, scores, metric,
+                                [all_records[i] for i in range(n)], ctx)
+    results["run_dir"] = str(run_dir)
+    if not ctx.is_main:
+        return results
+    write_json_atomic(run_dir / RESULTS_FILE, {k: v for k, v in results.items() if k != "run_dir"})
+    logger.finish(results, run_dir)
+    ok_n, failed_n = results["num_images"]["evaluated"], results["num_images"]["failed"]
+    print(f"images: expected {n}, evaluated {ok_n}, failed {failed_n}")
+    if overlay_count(cfg):
+        print(f"overlays (image | GT | CaR | kept queries per step): {run_dir / 'overlays'}")
+    log.info("mIoU %.2f on %d images of %s; results in %s", scores["mIoU"], ok_n, dataset.name, run_dir)
+    return results
+
+
+def _loop(
+    cfg: DictConfig, loader: Any, dataset: Any, segmenter: Any, metric: SemanticIoU, lut: np.ndarray,
+    progress: Progress, run_dir: Path, pred_dir: Path, on_error: str, bar: Any,
+) -> None:
+    """Segment and score this rank's images, appending each finished one to its progress file."""
     for idx, sample, load_error in loader:
         sample_id = sample.id if sample is not None else dataset.ids[idx]
         try:
@@ -173,7 +264,7 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             times["total"] = time.perf_counter() - t0
             if cfg.save_predictions:
                 write_palette_png(pred_dir / f"{sample.id}.png", labels.astype(np.uint8))
-            if idx < int(cfg.get("overlays", 0)):
+            if idx < overlay_count(cfg):
                 write_overlay(run_dir / "overlays" / f"{sample.id}.png", sample, labels, pred)
             progress.add({
                 "index": idx, "id": sample.id, "status": "ok",
@@ -190,10 +281,14 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             log.warning("image %s failed and is skipped (on_error=skip): %s", sample_id, err)
             progress.add({"index": idx, "id": sample_id, "status": "failed", "error": f"{type(err).__name__}: {err}"})
         bar.update(1)
-    bar.close()
-    wall = time.perf_counter() - t_start
 
-    records = [progress.records[i] for i in range(n)]
+
+def _assemble_results(
+    cfg: DictConfig, dataset: Any, device: torch.device, plain_cfg: Any, cfg_hash: str, n: int, todo: list[int],
+    wall: float, scores: dict[str, Any], metric: SemanticIoU, records: list[dict[str, Any]],
+    ctx: dist_util.DistContext,
+) -> dict[str, Any]:
+    """The results.json dict, from the synced metric and the records of every rank."""
     ok = [r for r in records if r["status"] == "ok"]
     failed = [{"id": r["id"], "error": r["error"]} for r in records if r["status"] == "failed"]
     stage_time: dict[str, float] = defaultdict(float)
@@ -202,7 +297,6 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         steps_hist[r["steps"]] += 1
         for k, v in r["time"].items():
             stage_time[k] += v
-    scores = metric.compute()
     n_ok = max(len(ok), 1)
     results: dict[str, Any] = {
         "dataset": {"name": dataset.name, "split": cfg.dataset.get("split"), "num_classes": dataset.num_classes},
@@ -212,7 +306,7 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             "mIoU": scores["mIoU"],
             "aAcc": scores["aAcc"],
             "mAcc": scores["mAcc"],
-            "mIoU_present_classes": scores_from_confusion(metric.confusion, "present", metric.pred_ignore)["mIoU"],
+            "mIoU_present_classes": scores_from_confusion(scores["confusion"], "present", metric.pred_ignore)["mIoU"],
         },
         "metric_rule": {"reduction": metric.reduction, "pred_ignore": metric.pred_ignore},
         "per_class_iou": dict(zip(dataset.class_names, scores["per_class_iou"], strict=True)),
@@ -228,17 +322,12 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         },
         "per_image": [{"id": r["id"], "steps": r["steps"], "kept": r["kept"]} for r in ok],
         "device": str(device),
+        "distributed": {"world_size": ctx.world_size, "backend": ctx.backend},
         "git_sha": git_sha(),
         "versions": package_versions(),
         "config_hash": cfg_hash,
         "config": plain_cfg,
     }
-    write_json_atomic(run_dir / RESULTS_FILE, results)
-    print(f"images: expected {n}, evaluated {len(ok)}, failed {len(failed)}")
-    if int(cfg.get("overlays", 0)):
-        print(f"overlays (image | GT | CaR | kept queries per step): {run_dir / 'overlays'}")
-    log.info("mIoU %.2f on %d images of %s; results in %s", scores["mIoU"], len(ok), dataset.name, run_dir)
-    results["run_dir"] = str(run_dir)
     return results
 
 

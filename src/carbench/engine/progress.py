@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,41 @@ from typing import Any
 PROGRESS_FILE = "progress.jsonl"
 RESULTS_FILE = "results.json"
 # keys that do not change what a run computes, so they may differ between a run and its resume
-NON_SEMANTIC_KEYS = ("resume", "resume_search_dir", "num_workers", "threads", "on_error", "logger", "overlays")
+NON_SEMANTIC_KEYS = (
+    "resume", "resume_search_dir", "num_workers", "threads", "on_error", "logger", "overlays", "dist", "sweep",
+)
+
+
+log = logging.getLogger(__name__)
 
 
 class ResumeError(RuntimeError):
     """A run directory's progress cannot be continued by this run."""
+
+
+def _record_problem(rec: dict[str, Any]) -> str | None:
+    """What makes a parsed image record unusable, or None.
+
+    Checked for every task: a non-negative int index, status 'ok' or 'failed', an error text on a
+    failure, and — where present — a well-formed sparse metric state ('confusion' = [indices, counts]).
+    """
+    index = rec.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        return "has no valid image index"
+    status = rec.get("status")
+    if status == "failed":
+        return None if isinstance(rec.get("error"), str) else "is a failure record without an error"
+    if status != "ok":
+        return f"has status {status!r} (expected 'ok' or 'failed')"
+    if "confusion" in rec:
+        conf = rec["confusion"]
+        if not (
+            isinstance(conf, list) and len(conf) == 2 and all(isinstance(c, list) for c in conf)
+            and len(conf[0]) == len(conf[1])
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in conf[0] + conf[1])
+        ):
+            return "has a malformed metric state ('confusion' must be two equal-length lists of non-negative ints)"
+    return None
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
@@ -40,9 +71,13 @@ class Progress:
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, run_dir: Path, cfg_hash: str) -> Progress:
-        """Load (and repair) the log in `run_dir`, or start a new one."""
-        path = Path(run_dir) / PROGRESS_FILE
+    def open(cls, run_dir: Path, cfg_hash: str, filename: str = PROGRESS_FILE) -> Progress:
+        """Load (and repair) the log in `run_dir`, or start a new one.
+
+        `filename`: each torchrun rank keeps its own file (engine/distributed.py), so ranks never
+        interleave writes and each one repairs only its own torn line.
+        """
+        path = Path(run_dir) / filename
         prog = cls(path, cfg_hash)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,17 +100,34 @@ class Progress:
                     f"{path} line {i + 1} is corrupted (not JSON) in the middle of the file; the run's "
                     f"state cannot be trusted. Delete {path.parent} to start over."
                 ) from None
+            if not isinstance(rec, dict):
+                raise ResumeError(
+                    f"{path} line {i + 1} is not a JSON object ({type(rec).__name__}); the run's state cannot be "
+                    f"trusted. Delete {path.parent} to start over."
+                )
             if header is None:
                 if not rec.get("header"):
-                    raise ResumeError(f"{path} does not start with a carbench header; delete {path.parent}")
+                    raise ResumeError(
+                        f"{path} does not start with a carbench header (is it a progress log of this tool?); "
+                        f"delete {path.parent} or use a new run dir"
+                    )
                 header = rec
             else:
-                if not isinstance(rec.get("index"), int):
-                    raise ResumeError(f"{path} line {i + 1} has no image index; delete {path.parent}")
+                problem = _record_problem(rec)
+                if problem is not None:
+                    raise ResumeError(
+                        f"{path} line {i + 1} {problem}. Delete that line (its image is then evaluated again) "
+                        f"or delete {path.parent} to start over."
+                    )
                 prog.records[rec["index"]] = rec
             good_bytes += len(line) + 1
         if header is None:
-            raise ResumeError(f"{path} is empty or unreadable; delete {path.parent} to start over")
+            # No complete line at all: the run died while writing its header, before any image finished.
+            # Nothing is lost by starting the log again.
+            log.warning("%s holds no complete record (interrupted while starting); starting it afresh", path)
+            path.write_bytes(b"")
+            prog._append({"header": True, "config_hash": cfg_hash})
+            return prog
         if header.get("config_hash") != cfg_hash:
             raise ResumeError(
                 f"{path.parent} holds a run with a different config (hash {header.get('config_hash')} vs "

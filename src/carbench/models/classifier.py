@@ -31,11 +31,16 @@ class MaskClassifier:
         batch_size: int = 32,
         encode_per_template: bool = False,
     ) -> None:
+        if isinstance(templates, str):
+            templates = [templates]
         if not templates:
-            raise ValueError("the classifier needs at least one template, e.g. '{}'")
-        bad = [t for t in templates if t.count("{}") != 1]
+            raise ValueError("the classifier needs at least one template: set model.templates, e.g. ['a photo of a {}.']")
+        bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
         if bad:
-            raise ValueError(f"every classifier template needs exactly one '{{}}' slot; bad: {bad}")
+            raise ValueError(
+                f"every classifier template needs exactly one '{{}}' slot where the query goes; bad: {bad} "
+                "(fix model.templates, e.g. 'a photo of a {}.')"
+            )
         self.backbone = backbone
         self.templates = list(templates)
         self.double_softmax = double_softmax

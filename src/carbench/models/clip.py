@@ -12,10 +12,14 @@ open_clip >= 2.24 runs its transformers batch-first ([B, tokens, width]); the CL
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import re
 import warnings
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,169 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 class PretrainedWeightsError(FileNotFoundError):
     """The weights a preset asks for are not available (offline, not cached, bad path)."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that cannot be read as plain tensors without running code from it: refused.
+
+    Pickle can run arbitrary code while loading, and TorchScript archives carry code. carbench reads
+    `.safetensors` files, and other files only with `torch.load(weights_only=True)` — never with a
+    fallback to a full unpickle (open_clip's own loader retries without `weights_only` on a TypeError,
+    which `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` turns into code execution).
+    """
+
+
+_CONVERT_HINT = (
+    "If you trust the file, convert it once on a trusted machine to a plain state dict, e.g. "
+    "python -c \"import torch, safetensors.torch as st; sd = torch.load('IN', weights_only=False); "
+    "sd = sd.get('state_dict', sd); st.save_file({k: v.contiguous() for k, v in sd.items()}, 'OUT.safetensors')\" "
+    "and point model.<proposal|classifier>_pretrained at OUT.safetensors."
+)
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """TorchScript zips hold compiled code next to the weights (`constants.pkl`, `code/`)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _first_sentence(err: BaseException, limit: int = 200) -> str:
+    """`Type: first sentence` of an exception, without terminal colour codes (torch adds some)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    reason = re.search(r"WeightsUnpickler error: ([^\n]*)", text)  # torch hides the real reason further down
+    text = reason.group(1) if reason else text
+    first = re.split(r"(?<=[.!?])\s", text.splitlines()[0] if text else "", maxsplit=1)[0].rstrip(".")
+    return f"{type(err).__name__}: {first[:limit]}"
+
+
+def safe_torch_load(path: str | os.PathLike[str]) -> object:
+    """`torch.load(path, weights_only=True)` on CPU with clear errors, and never a retry without it.
+
+    A file that only a full unpickle could read (pickled objects or code, TorchScript) raises
+    `UnsafeCheckpointError`; a truncated file or one that is not a PyTorch checkpoint raises `ValueError`.
+    """
+    path = Path(path)
+    name = str(path)
+    if _is_torchscript_archive(path):
+        raise UnsafeCheckpointError(
+            f"checkpoint {name!r} is a TorchScript archive (e.g. OpenAI's original ViT-*.pt), which carries "
+            "code; carbench does not load it. Use the open_clip Hugging Face weights of the same model "
+            "(pretrained tag, e.g. 'openai', cached under ~/.cache/huggingface) or a state-dict file. "
+            + _CONVERT_HINT.replace("torch.load('IN', weights_only=False)", "torch.jit.load('IN').state_dict()")
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(name, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as err:  # not a zip / truncated zip / I/O
+        raise ValueError(
+            f"checkpoint {name!r} cannot be read ({_first_sentence(err)}); it "
+            "is truncated or not a PyTorch checkpoint: download it again."
+        ) from err
+    except Exception as err:  # UnpicklingError, and whatever a crafted stream makes the restricted unpickler raise
+        raise UnsafeCheckpointError(
+            f"checkpoint {name!r} refused: it cannot be loaded as plain tensors with torch.load(weights_only=True) "
+            f"({_first_sentence(err)}). Unpickling it fully could run code from "
+            f"the file, which carbench never does. {_CONVERT_HINT}"
+        ) from err
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The state dict stored in a checkpoint file, read without ever executing code from the file.
+
+    `.safetensors` is read by safetensors; anything else by `safe_torch_load` (weights_only=True,
+    no fallback). A ``{"state_dict": ...}`` wrapper and a DataParallel ``module.`` prefix are undone,
+    as open_clip does; anything but a non-empty name → tensor mapping is a `ValueError`.
+    """
+    path = Path(path)
+    name = str(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj: object = load_file(name, device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(
+                f"checkpoint {name!r} is not a readable safetensors file ({err}); it is truncated or not a "
+                "checkpoint: download it again."
+            ) from err
+    else:
+        obj = safe_torch_load(path)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(
+            f"checkpoint {name!r} holds a {type(obj).__name__}, not a state dict (name → tensor); save "
+            "model.state_dict() and point model.<proposal|classifier>_pretrained at that file."
+        )
+    not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(
+            f"checkpoint {name!r} is not a model state dict: entries {not_tensors[:5]} are not tensors (a training "
+            "checkpoint?). Save model.state_dict() (or its 'model' entry) and point "
+            "model.<proposal|classifier>_pretrained at that file."
+        )
+    if all(str(k).startswith("module.") for k in obj):
+        obj = {str(k)[len("module."):]: v for k, v in obj.items()}
+    return {str(k): v for k, v in obj.items()}
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """Silence open_clip's "initialized randomly" warning when weights are loaded right after."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _presets_of_arch(arch: str) -> list[str]:
+    from carbench.models.presets import PRESETS
+
+    return sorted(n for n, p in PRESETS.items() if p.arch == arch)
+
+
+def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], preset: BackbonePreset, source: str) -> None:
+    """open_clip's `load_checkpoint` massaging (3rd-party key conversion, position-embedding resize),
+    applied to a state dict that was read safely; strict, so a wrong architecture is an error."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+    state = convert_state_dict(model, dict(state))
+    if "logit_scale" in state and model.logit_scale.ndim != state["logit_scale"].ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    state.pop("text.transformer.embeddings.position_ids", None)
+    for key in ("input_resolution", "context_length", "vocab_size"):  # OpenAI TorchScript extras, as open_clip
+        state.pop(key, None)
+    try:
+        resize_pos_embed(state, model)
+        resize_text_pos_embed(state, model)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError, ValueError) as err:  # missing/unexpected keys or shape mismatch
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
+        detail = "; ".join(lines[1:3] if len(lines) > 1 else lines)[:400].rstrip(".")  # torch: header, then mismatches
+        raise ValueError(
+            f"preset {preset.name!r}: checkpoint {source!r} does not fit architecture {preset.arch}: {detail}. "
+            f"Use a checkpoint of {preset.arch}, or choose the preset of the checkpoint's architecture "
+            f"(presets of {preset.arch}: {', '.join(_presets_of_arch(preset.arch))}; all presets are in "
+            "src/carbench/models/presets.py)."
+        ) from err
+
+
+def _create_with_weights(preset: BackbonePreset, checkpoint: Path, preprocess: dict | None = None):
+    """Build `preset.arch` and load `checkpoint` into it through `read_checkpoint` (never open_clip's loader)."""
+    state = read_checkpoint(checkpoint)
+    with _quiet_random_init():
+        model = open_clip.create_model(preset.arch, pretrained=None, force_preprocess_cfg=preprocess or {})
+    _load_weights(model, state, preset, str(checkpoint))
+    return model
 
 
 def _is_path(pretrained: str) -> bool:
@@ -82,27 +249,24 @@ def _build_open_clip(preset: BackbonePreset, pretrained: str | None, cache_dir: 
     if _is_path(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
+            what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
             raise PretrainedWeightsError(
-                f"preset {preset.name!r}: checkpoint file {str(path)!r} does not exist. Point "
+                f"preset {preset.name!r}: checkpoint file {str(path)!r} {what}. Point "
                 f"model.{{proposal,classifier}}_pretrained at an open_clip checkpoint of {arch} "
                 "(state dict, .bin/.pt/.safetensors), or use an open_clip pretrained tag."
             )
-        try:
-            return open_clip.create_model(arch, pretrained=str(path), weights_only=True)
-        except RuntimeError as err:  # wrong architecture: missing/unexpected keys or shape mismatch
-            raise ValueError(
-                f"preset {preset.name!r}: checkpoint {str(path)!r} does not fit architecture {arch}: "
-                f"{str(err).splitlines()[0][:300]}"
-            ) from err
+        return _create_with_weights(preset, path)
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if pretrained not in tags:
         raise ValueError(
             f"preset {preset.name!r}: open_clip has no pretrained tag {pretrained!r} for {arch}; "
             f"valid tags: {', '.join(tags) or '(none)'}"
         )
+    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
     found, looked = _cached_tag_file(arch, pretrained, cache_dir)
     if found:
-        return open_clip.create_model(arch, pretrained=found, weights_only=True)
+        return _create_with_weights(preset, Path(found), preprocess)
     hint = (
         f"Fetch it on a machine with internet: python -c \"import open_clip; "
         f"open_clip.create_model('{arch}', pretrained='{pretrained}')\" (fills the Hugging Face cache; "
@@ -114,23 +278,43 @@ def _build_open_clip(preset: BackbonePreset, pretrained: str | None, cache_dir: 
             f"preset {preset.name!r} needs open_clip weights {arch}/{pretrained}, which are not cached, "
             f"and downloads are off (HF_HUB_OFFLINE/CARBENCH_OFFLINE). Looked in: {'; '.join(looked)}. {hint}"
         )
-    try:
-        return open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir, weights_only=True)
+    try:  # download only; the file is then read by read_checkpoint like any other
+        downloaded = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+        if not downloaded:
+            raise FileNotFoundError(f"open_clip returned no file for {arch}/{pretrained}")
     except Exception as err:  # network errors come in many types (requests, urllib, hf_hub)
         raise PretrainedWeightsError(
             f"preset {preset.name!r} needs open_clip weights {arch}/{pretrained}: not cached and the "
             f"download failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
             f"Looked in: {'; '.join(looked)}. {hint}"
         ) from err
+    return _create_with_weights(preset, Path(downloaded), preprocess)
 
 
-def resolve_device(device: str) -> torch.device:
+DEVICE_HINT = "use device=auto (CUDA if available, else CPU), device=cpu, device=cuda or device=cuda:N"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
     """Turn `device=auto|cpu|cuda[:i]` into a torch device; asking for CUDA without one is an error."""
-    if device == "auto":
+    if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available here; use device=cpu or auto")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"device={device!r} is not a device name; {DEVICE_HINT}") from err
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r}: carbench runs on CPU or CUDA only; {DEVICE_HINT}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device={str(device)!r} was asked for but CUDA is not available here; use device=cpu or auto"
+            )
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise RuntimeError(
+                f"device={str(device)!r} was asked for but this machine has {n} CUDA device(s) "
+                f"({'cuda:0' if n == 1 else f'cuda:0 … cuda:{n - 1}'}); use one of them, or device=cuda / auto"
+            )
     return dev
 
 
@@ -149,6 +333,12 @@ def load_clip(
 
         model, tokenizer = load_toy_clip(None if weights in (None, "bundled") else weights)
         mean, std = TOY_MEAN, TOY_STD
+    elif preset.builder == "ovseg":  # OVSeg's detectron2 checkpoint mapped into open_clip
+        from carbench.models.baselines.ovseg_checkpoint import load_ovseg_clip
+
+        model, mask_embedding = load_ovseg_clip(preset.arch, weights, seed, what=f"preset {preset.name!r}")
+        tokenizer = open_clip.get_tokenizer(preset.arch)
+        mean, std = model.visual.image_mean, model.visual.image_std
     else:
         model = _build_open_clip(preset, weights, cache_dir, seed)
         tokenizer = open_clip.get_tokenizer(preset.arch)
@@ -157,7 +347,10 @@ def load_clip(
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return ClipBackbone(model, tokenizer, preset, mean=mean, std=std, device=device)
+    backbone = ClipBackbone(model, tokenizer, preset, mean=mean, std=std, device=device)
+    if preset.builder == "ovseg" and mask_embedding is not None:
+        backbone.mask_embedding = mask_embedding.to(device)
+    return backbone
 
 
 def _block_forward(block: torch.nn.Module, x: torch.Tensor, need_attn: bool):
@@ -211,6 +404,7 @@ class ClipBackbone:
         self._warned: set[str] = set()
         self.cache_text = True  # False = the official structure: re-encode every string on every call
         self.text_encodes = 0  # number of strings actually run through the text tower (for tests/bench)
+        self.mask_embedding: torch.Tensor | None = None  # OVSeg mask-prompt tokens [depth, grid², width]
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -234,9 +428,10 @@ class ClipBackbone:
         full = tokens[:, -1] != 0  # open_clip pads with 0 and puts EOT last when it truncates
         for text in (t for t, f in zip(texts, full.tolist(), strict=True) if f and t not in self._warned):
             self._warned.add(text)
+            shown = repr(text[:60]) + ("…" if len(text) > 60 else "")
             warnings.warn(
-                f"text {text[:60]!r}… fills the {tokens.shape[1]}-token text context of preset "
-                f"{self.preset.name!r} and is truncated there",
+                f"text {shown} fills the {tokens.shape[1]}-token text context of preset "
+                f"{self.preset.name!r} and is truncated there; shorten it if its end matters",
                 stacklevel=3,
             )
         return tokens.to(self.device)

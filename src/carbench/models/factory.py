@@ -29,7 +29,9 @@ def _plain(cfg: Mapping | DictConfig | None) -> dict[str, Any]:
     return dict(cfg)
 
 
-def build_postprocess(cfg: Mapping | DictConfig | None) -> PostProcess | None:
+def build_postprocess(
+    cfg: Mapping | DictConfig | None, device: torch.device | str = "cpu", seed: int = 0
+) -> PostProcess | None:
     cfg = _plain(cfg)
     name = cfg.pop("name", "none")
     if name == "none":
@@ -38,7 +40,24 @@ def build_postprocess(cfg: Mapping | DictConfig | None) -> PostProcess | None:
         from carbench.models.postprocess.crf import CRFParams, DenseCRF
 
         return DenseCRF(CRFParams(**cfg))
-    raise ValueError(f"unknown postprocess {name!r}; valid: crf, none")
+    if name == "sam":
+        return build_sam_refine(cfg, device, seed)
+    raise ValueError(f"unknown postprocess {name!r}; valid: crf, none, sam")
+
+
+def build_sam_refine(cfg: dict[str, Any], device: torch.device | str, seed: int) -> PostProcess:
+    """CRF (`crf:` sub-config, null = binarise at 0.5) then SAM matching (car-method.md §1.6)."""
+    from carbench.models.postprocess.sam import SamMatchParams, SamRefine
+    from carbench.models.postprocess.sam_models import AutoMaskParams, build_auto_masker
+
+    crf = cfg.pop("crf", None)
+    base = build_postprocess({"name": "crf", **crf}) if crf is not None else None
+    match = SamMatchParams(**cfg.pop("match", {}))
+    masker = build_auto_masker(cfg.pop("preset", "hq_vit_h"), cfg.pop("checkpoint", None), device, seed,
+                               AutoMaskParams(**cfg.pop("generator", {})))
+    if cfg:
+        raise ValueError(f"unknown postprocess=sam keys {sorted(cfg)}; valid: preset, checkpoint, generator, match, crf")
+    return SamRefine(masker, base, match)
 
 
 class BackbonePool:
@@ -82,7 +101,7 @@ def build_car(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Backbo
     )
     classifier = MaskClassifier(
         pool.get(cfg["classifier"], cfg.get("classifier_pretrained")),
-        templates=cfg.get("templates") or ["a clean origami {}."],
+        templates=cfg.get("templates", ["a clean origami {}."]),
         double_softmax=cfg.get("double_softmax", True),
         skip_last_block=cfg.get("classifier_skip_last_block", True),
         center_crop=cfg.get("classifier_center_crop", True),
@@ -105,7 +124,67 @@ def build_car(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Backbo
     )
 
 
-MODELS: dict[str, Callable[[dict[str, Any], PostProcess | None, BackbonePool], Segmenter]] = {"car": build_car}
+def build_dense_clip(cfg: dict[str, Any], postprocess: PostProcess | None, pool: BackbonePool) -> Segmenter:
+    """MaskCLIP / SCLIP-style dense patch classification (models/baselines/dense_clip.py)."""
+    from carbench.models.baselines.dense_clip import DenseClip
+
+    get_preset(cfg["backbone"])
+    return DenseClip(
+        pool.get(cfg["backbone"], cfg.get("backbone_pretrained")),
+        templates=cfg.get("templates", ["a clean origami {}."]),
+        background_queries=cfg.get("background_queries") or (),
+        attention=cfg.get("attention", "maskclip"),
+        keep_residual=cfg.get("keep_residual", True),
+        logit_scale=cfg.get("logit_scale"),
+        prob_threshold=cfg.get("prob_threshold", 0.0),
+        amp=str(cfg.get("amp", "auto")),
+        postprocess=postprocess,
+    )
+
+
+def build_ovseg(cfg: dict[str, Any], postprocess: PostProcess | None, pool: BackbonePool) -> Segmenter:
+    """SAM proposals + (mask-adapted) CLIP region classification (models/baselines/ovseg.py)."""
+    from carbench.models.baselines.ovseg import OVSegStyle
+    from carbench.models.postprocess.sam_models import AutoMaskParams, build_auto_masker
+
+    get_preset(cfg["clip"])
+    backbone = pool.get(cfg["clip"], cfg.get("clip_pretrained"))
+    sam = dict(cfg.get("sam") or {})
+    masker = build_auto_masker(sam.get("preset", "sam_vit_h"), sam.get("checkpoint"), pool.device, pool.seed,
+                               AutoMaskParams(**(sam.get("generator") or {})))
+    return OVSegStyle(
+        backbone,
+        masker,
+        templates=cfg.get("templates", ["a clean origami {}."]),
+        background_queries=cfg.get("background_queries") or (),
+        mask_prompt=cfg.get("mask_prompt", True),
+        expand_ratio=cfg.get("expand_ratio", 1.0),
+        logit_scale=cfg.get("logit_scale"),
+        prob_threshold=cfg.get("prob_threshold", 0.0),
+        amp=str(cfg.get("amp", "auto")),
+        postprocess=postprocess,
+    )
+
+
+def _clip_es(cfg: dict[str, Any], postprocess: PostProcess | None, pool: BackbonePool) -> Segmenter:
+    from carbench.models.baselines.clip_es import build_clip_es
+
+    return build_clip_es(cfg, postprocess, pool)
+
+
+def _precomputed(cfg: dict[str, Any], postprocess: PostProcess | None, pool: BackbonePool) -> Segmenter:
+    from carbench.models.precomputed import build_precomputed
+
+    return build_precomputed(cfg, postprocess, pool)
+
+
+MODELS: dict[str, Callable[[dict[str, Any], PostProcess | None, BackbonePool], Segmenter]] = {
+    "car": build_car,
+    "clip_es": _clip_es,
+    "dense_clip": build_dense_clip,
+    "ovseg": build_ovseg,
+    "precomputed": _precomputed,
+}
 
 
 def build_segmenter(
@@ -118,5 +197,9 @@ def build_segmenter(
     name = cfg.get("name", "car")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    from carbench.models.protocols import build_protocol
+
+    protocol = cfg.pop("protocol", None)  # conf/protocol/*.yaml put it here (model.protocol)
     pool = BackbonePool(torch.device(device), seed=seed, cache_dir=cfg.get("cache_dir"))
-    return MODELS[name](cfg, build_postprocess(postprocess_cfg), pool)
+    segmenter = MODELS[name](cfg, build_postprocess(postprocess_cfg, pool.device, seed), pool)
+    return build_protocol(protocol, segmenter)

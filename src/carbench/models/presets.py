@@ -18,7 +18,7 @@ class BackbonePreset:
     arch: str  # open_clip model config name
     pretrained: str | None  # open_clip tag, local checkpoint path, or None = random init (seeded)
     image_size: int  # classifier input size (short-side resize + centre crop)
-    builder: str = "open_clip"  # "open_clip" or "toy" (the project's own trained tiny CLIP)
+    builder: str = "open_clip"  # "open_clip", "toy" (the project's own trained tiny CLIP) or "ovseg"
     note: str = ""
 
 
@@ -37,6 +37,11 @@ PRESETS: dict[str, BackbonePreset] = {
         BackbonePreset("tiny_random", "carbench-tiny", None, 224, note="random init, for tests"),
         # The project's own tiny CLIP trained on the toy world (carbench.toy).
         BackbonePreset("toy", "carbench-toy", "bundled", 96, builder="toy", note="trained on toy scenes"),
+        # OVSeg's mask-adapted CLIP (local file; key mapping in models/baselines/ovseg_checkpoint.py).
+        BackbonePreset("ovseg_vitl14", "ViT-L-14-quickgelu", "ovseg_swinbase_vitL14_ft_mpt.pth", 224, builder="ovseg",
+                       note="OVSeg mask-adapted CLIP ViT-L/14"),
+        BackbonePreset("ovseg_tiny_random", "carbench-tiny", None, 224, builder="ovseg",
+                       note="random init + zero mask-prompt tokens, for tests"),
     ]
 }
 
@@ -48,5 +53,5 @@ def get_preset(name: str) -> BackbonePreset:
     except KeyError:
         raise ValueError(
             f"unknown backbone preset {name!r}; valid presets: {', '.join(sorted(PRESETS))} "
-            "(defined in src/carbench/models/presets.py)"
+            "(set model.proposal / model.classifier to one of them; defined in src/carbench/models/presets.py)"
         ) from None

@@ -44,10 +44,15 @@ def validate_prompts(prompts: Sequence[str]) -> tuple[str, ...]:
         prompts = [prompts]
     names = list(prompts)
     if not names:
-        raise ValueError(f"at least one visual prompt is required; valid: {', '.join(PROMPT_ORDER)}")
+        raise ValueError(
+            f"at least one visual prompt is required; set model.visual_prompts to a list of: {', '.join(PROMPT_ORDER)}"
+        )
     unknown = sorted({p for p in names if p not in PROMPT_ORDER}, key=str)
     if unknown:
-        raise ValueError(f"unknown visual prompt(s) {unknown}; valid: {', '.join(PROMPT_ORDER)}")
+        raise ValueError(
+            f"unknown visual prompt(s) {unknown}; valid: {', '.join(PROMPT_ORDER)} "
+            "(set model.visual_prompts to a list of these, e.g. [circle, blur])"
+        )
     present = set(names)
     return tuple(p for p in PROMPT_ORDER if p in present)
 
@@ -161,8 +166,8 @@ def prompt_images(
     η still goes through the prompts with an empty mask (see the module docstring). `kw` is
     forwarded to `apply_visual_prompts`.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta (mask threshold η) must be in [0, 1], got {eta}")
+    if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating, np.integer)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta (mask threshold η, model.mask_threshold) must be a number in [0, 1], got {eta!r}")
     _check_image(image)
     if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
         raise ValueError(f"masks must be K×H×W with H×W = image {image.shape[:2]}, got shape {masks.shape}")

@@ -27,16 +27,34 @@ AMP_DTYPES = {"auto": None, "none": None, "bf16": torch.bfloat16, "fp16": torch.
 PostProcess = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (image, K×H×W maps) → K×H×W masks
 
 
+QUERY_HINT = "the queries come from the dataset (dataset.queries) or the caller of segment()"
+
+
 def check_queries(queries: Sequence[str]) -> list[str]:
+    """The query list as a list, or a ValueError naming what is wrong with it and where queries come from."""
+    if isinstance(queries, str):  # a bare string would otherwise be read as one query per character
+        raise ValueError(f"queries must be a list of strings, got the string {queries!r}; wrap it: [{queries!r}]")
     if len(queries) == 0:
-        raise ValueError("the query list is empty: CaR needs at least one text query")
+        raise ValueError(f"the query list is empty: CaR needs at least one text query ({QUERY_HINT})")
     bad = [q for q in queries if not isinstance(q, str) or not q.strip()]
     if bad:
-        raise ValueError(f"queries must be non-empty strings, got {bad!r}")
+        raise ValueError(f"queries must be non-empty strings, got {bad!r}; remove or fix them ({QUERY_HINT})")
     dups = [q for q, n in Counter(queries).items() if n > 1]
     if dups:
-        raise ValueError(f"duplicate queries {sorted(set(dups))!r}: each query must appear once")
+        raise ValueError(
+            f"duplicate queries {sorted(set(dups))!r}: each query must appear once (two identical queries split "
+            f"one object's score between them); remove or rename the duplicates ({QUERY_HINT})"
+        )
     return list(queries)
+
+
+def check_unit_interval(name: str, value: object) -> float:
+    """`value` as a float in [0, 1], or a ValueError naming the config key and the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r} ({type(value).__name__})")
+    if not 0.0 <= float(value) <= 1.0:  # also refuses NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}; set it to a value between 0 and 1")
+    return float(value)
 
 
 class CaR:
@@ -56,11 +74,10 @@ class CaR:
         reuse_unchanged_step: bool = True,
         amp: str = "auto",
     ) -> None:
-        for name, v in (("mask_threshold (η)", mask_threshold), ("confidence_threshold (θ)", confidence_threshold)):
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {v}")
-        if max_steps is not None and max_steps < 1:
-            raise ValueError(f"max_steps must be ≥ 1 or null, got {max_steps}")
+        mask_threshold = check_unit_interval("model.mask_threshold (η)", mask_threshold)
+        confidence_threshold = check_unit_interval("model.confidence_threshold (θ)", confidence_threshold)
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+            raise ValueError(f"model.max_steps must be an integer ≥ 1, or null for no cap; got {max_steps!r}")
         self.proposer = proposer
         self.classifier = classifier
         self.eta = mask_threshold
@@ -72,7 +89,7 @@ class CaR:
         self.prompt_kwargs = prompt_kwargs or {}
         self.reuse_unchanged_step = reuse_unchanged_step
         if amp not in AMP_DTYPES:
-            raise ValueError(f"unknown model.amp {amp!r}; valid: {', '.join(AMP_DTYPES)}")
+            raise ValueError(f"unknown model.amp {amp!r}; set model.amp to one of: {', '.join(AMP_DTYPES)}")
         self.amp = amp
 
     def autocast(self):

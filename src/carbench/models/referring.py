@@ -72,8 +72,9 @@ def build_referring_segmenter(
     postprocess_cfg: Mapping | DictConfig | None,
     device: torch.device | str = "cpu",
     seed: int = 0,
-) -> ReferringCaR:
-    """The model of `model_cfg` without post-processing, wrapped with the referring CRF and merge.
+) -> Segmenter:
+    """The model of `model_cfg` without post-processing, wrapped with the referring CRF and merge
+    (a model with ``segment_sample``, i.e. precomputed masks, is returned unwrapped).
 
     Only ``postprocess=crf`` (binary mode) and ``postprocess=none`` exist for referring; another
     post-processor is an error rather than being silently skipped.
@@ -83,4 +84,6 @@ def build_referring_segmenter(
         raise ValueError(f"referring segmentation supports postprocess=crf or none, not {type(post).__name__}")
     min_area = float(model_cfg.get("referring_min_area", 0.05))  # official merge_masks_simple: 5 % of the image
     base = build_segmenter(model_cfg, None, device=device, seed=seed)
+    if hasattr(base, "segment_sample"):  # precomputed masks are final: score them as they are
+        return base
     return ReferringCaR(base, post, min_area)

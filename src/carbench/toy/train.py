@@ -37,7 +37,7 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PosixPath
 
 import cv2
 import numpy as np
@@ -285,6 +285,22 @@ def embed_patches(model, tokens: torch.Tensor) -> torch.Tensor:
     return model.visual.ln_post(tokens[:, 1:]) @ model.visual.proj
 
 
+def value_path_patches(model, prev: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP's dense read-out of the last block: ln_1 → value projection → out projection of
+    each patch token, then ln_post + proj → [B, HW, D] (not normalised).
+
+    Grad-CAM on the last block's ``ln_1`` output with a mean-pooled gradient is, to first order,
+    this read-out scored against the query's text direction; training it to classify patches
+    (localisation aid 3) is what makes the CAM land on the object instead of its surroundings.
+    """
+    last = model.visual.transformer.resblocks[-1]
+    y = last.ln_1(prev[:, 1:])
+    w = last.attn.in_proj_weight.shape[1]
+    v = F.linear(y, last.attn.in_proj_weight[2 * w :], last.attn.in_proj_bias[2 * w :])
+    o = last.ls_1(last.attn.out_proj(v))
+    return model.visual.ln_post(o) @ model.visual.proj
+
+
 def multi_positive_clip_loss(
     img: torch.Tensor, txt: torch.Tensor, pos: torch.Tensor, scale: torch.Tensor
 ) -> torch.Tensor:
@@ -303,7 +319,9 @@ def encode_unique(model, tokenizer, texts: list[str]) -> tuple[torch.Tensor, lis
     return emb, [where[t] for t in texts]
 
 
-def compute_loss(model, tokenizer, batch: dict, w_prev: float, w_dense: float) -> tuple[torch.Tensor, dict]:
+def compute_loss(
+    model, tokenizer, batch: dict, w_prev: float, w_dense: float, w_value: float = 0.0
+) -> tuple[torch.Tensor, dict]:
     x = batch["images"]
     n_scenes = batch["dense"].shape[0]
     prev, last = image_tokens(model, x)
@@ -323,6 +341,11 @@ def compute_loss(model, tokenizer, batch: dict, w_prev: float, w_dense: float) -
     l_dense = -(batch["dense"] * dl.log_softmax(-1)).sum(-1).mean()
     loss = l_clip + w_prev * l_prev + w_dense * l_dense
     parts = {"clip": l_clip, "prev": l_prev, "dense": l_dense, "scale": scale}
+    if w_value > 0:
+        pv = F.normalize(value_path_patches(model, prev[:n_scenes]), dim=-1)
+        l_value = -(batch["dense"] * (scale * pv @ bank.T).log_softmax(-1)).sum(-1).mean()
+        loss = loss + w_value * l_value
+        parts["value"] = l_value
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
@@ -441,6 +464,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wd", type=float, default=0.1)
     p.add_argument("--w-prev", type=float, default=0.3, help="weight of the block L−1 contrastive loss")
     p.add_argument("--w-dense", type=float, default=1.0, help="weight of the dense patch-text loss")
+    p.add_argument(
+        "--w-value", type=float, default=1.0, help="weight of the dense loss on the last block's value path"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers generating scenes")
     p.add_argument("--eval-every", type=int, default=100)
@@ -465,7 +491,8 @@ def main(argv=None) -> int:
     if args.resume and not ckpt_path.is_file():
         print(f"--resume: no checkpoint at {ckpt_path} yet, starting from step 0", flush=True)
     elif args.resume or args.export:
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals([PosixPath]):  # args hold paths; nothing else but tensors/plain data
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, history = ck["step"], ck.get("history", [])
@@ -494,7 +521,7 @@ def main(argv=None) -> int:
     for batch in loader:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr)
-        loss, parts = compute_loss(model, tokenizer, batch, args.w_prev, args.w_dense)
+        loss, parts = compute_loss(model, tokenizer, batch, args.w_prev, args.w_dense, args.w_value)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -9,33 +9,22 @@ table of tune mIoU and the best setting to paste into conf/dataset/toy.yaml.
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from carbench.engine.evaluate import run_evaluation
-
-CONF = str(Path(__file__).resolve().parents[3] / "conf")
+from carbench.toy.runs import run_toy
 
 
 def tune_miou(n: int, eta: float, theta: float, lam: float, extra: list[str]) -> float:
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "dataset=toy",
-                "dataset.split=tune",
-                f"dataset.n={n}",
-                f"model.mask_threshold={eta}",
-                f"model.confidence_threshold={theta}",
-                f"model.clipes_threshold={lam}",
-                "num_workers=0",
-                *extra,
-            ],
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        return float(run_evaluation(cfg, Path(tmp))["metrics"]["mIoU"])
+    """mIoU on the first `n` tune scenes at (η, θ, λ)."""
+    overrides = [
+        "dataset.split=tune",
+        f"dataset.n={n}",
+        f"model.mask_threshold={eta}",
+        f"model.confidence_threshold={theta}",
+        f"model.clipes_threshold={lam}",
+        "num_workers=0",
+        *extra,
+    ]
+    return float(run_toy(overrides)["mIoU"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
