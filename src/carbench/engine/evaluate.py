@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,50 +238,90 @@ def _run_semantic(
     return results
 
 
+def _start(segmenter: Any, sample: Any) -> Callable[[], Prediction]:
+    """Begin one image; the returned function yields its Prediction. A segmenter with
+    `segment_deferred` (CaR with post-processing workers) is still running its CRF in a worker when
+    this returns, so the loop can start the next image's CLIP work before finishing this one."""
+    if hasattr(segmenter, "segment_sample"):  # models that need the sample id (e.g. precomputed)
+        pred = segmenter.segment_sample(sample)
+    elif hasattr(segmenter, "segment_deferred"):
+        return segmenter.segment_deferred(sample.image, sample.queries)
+    else:
+        pred = segmenter.segment(sample.image, sample.queries)
+    return lambda: pred
+
+
 def _loop(
     cfg: DictConfig, loader: Any, dataset: Any, segmenter: Any, metric: SemanticIoU, lut: np.ndarray,
     progress: Progress, run_dir: Path, pred_dir: Path, on_error: str, bar: Any,
 ) -> None:
-    """Segment and score this rank's images, appending each finished one to its progress file."""
+    """Segment and score this rank's images, appending each finished one to its progress file.
+
+    Pipelined by one image: image i is finished (post-processing collected, scored, recorded) after
+    image i+1's CLIP work has started, which overlaps a worker's CRF with the model. Records are
+    still written in order, and an error is attributed to the image that caused it.
+    """
+    pending: tuple | None = None
     for idx, sample, load_error in loader:
         sample_id = sample.id if sample is not None else dataset.ids[idx]
+        t0 = time.perf_counter()
         try:
             if load_error is not None:
                 raise RuntimeError(load_error)
-            t0 = time.perf_counter()
-            if hasattr(segmenter, "segment_sample"):  # models that need the sample id (e.g. precomputed)
-                pred = segmenter.segment_sample(sample)
-            else:
-                pred = segmenter.segment(sample.image, sample.queries)
-            labels = to_dataset_labels(pred, lut)
-            before = metric.confusion.clone()
-            metric.update(labels, sample.target)
-            delta = (metric.confusion - before).view(-1)
-            nz = torch.nonzero(delta).view(-1)
-            times: dict[str, float] = defaultdict(float)
-            for step in pred.trace:
-                for k, v in step["time"].items():
-                    times[k] += v
-            times["total"] = time.perf_counter() - t0
-            if cfg.save_predictions:
-                write_palette_png(pred_dir / f"{sample.id}.png", labels.astype(np.uint8))
-            if idx < overlay_count(cfg):
-                write_overlay(run_dir / "overlays" / f"{sample.id}.png", sample, labels, pred)
-            progress.add({
-                "index": idx, "id": sample.id, "status": "ok",
-                "confusion": [nz.tolist(), delta[nz].tolist()],
-                "steps": len(pred.trace), "kept": [sample.queries[k] for k in pred.kept], "time": dict(times),
-            })
-        except Exception as err:
-            if on_error == "raise" or isinstance(err, (KeyboardInterrupt, MemoryError)):
-                raise RuntimeError(
-                    f"image {sample_id} (index {idx}) failed: {err}. {len(progress.records)} finished images are "
-                    f"kept in {progress.path}; fix the input and rerun with resume=true, or set on_error=skip "
-                    "to record failures and exclude them from the metric."
-                ) from err
-            log.warning("image %s failed and is skipped (on_error=skip): %s", sample_id, err)
-            progress.add({"index": idx, "id": sample_id, "status": "failed", "error": f"{type(err).__name__}: {err}"})
+            started: Callable[[], Prediction] | Exception = _start(segmenter, sample)
+        except Exception as err:  # recorded (or raised) in order, when this image is finished
+            started = err
+        except BaseException:  # Ctrl-C / kill while this image ran: keep the finished one before it
+            if pending is not None:
+                _finish(cfg, *pending, dataset, metric, lut, progress, run_dir, pred_dir, on_error)
+            raise
+        if pending is not None:
+            _finish(cfg, *pending, dataset, metric, lut, progress, run_dir, pred_dir, on_error)
+            bar.update(1)
+        pending = (idx, sample_id, sample, started, t0)
+    if pending is not None:
+        _finish(cfg, *pending, dataset, metric, lut, progress, run_dir, pred_dir, on_error)
         bar.update(1)
+
+
+def _finish(
+    cfg: DictConfig, idx: int, sample_id: str, sample: Any, started: Callable[[], Prediction] | Exception,
+    t0: float, dataset: Any, metric: SemanticIoU, lut: np.ndarray, progress: Progress, run_dir: Path,
+    pred_dir: Path, on_error: str,
+) -> None:
+    """Collect one image's prediction, score it and append its record (or its failure)."""
+    try:
+        if isinstance(started, Exception):
+            raise started
+        pred = started()
+        labels = to_dataset_labels(pred, lut)
+        before = metric.confusion.clone()
+        metric.update(labels, sample.target)
+        delta = (metric.confusion - before).view(-1)
+        nz = torch.nonzero(delta).view(-1)
+        times: dict[str, float] = defaultdict(float)
+        for step in pred.trace:
+            for k, v in step["time"].items():
+                times[k] += v
+        times["total"] = time.perf_counter() - t0
+        if cfg.save_predictions:
+            write_palette_png(pred_dir / f"{sample.id}.png", labels.astype(np.uint8))
+        if idx < overlay_count(cfg):
+            write_overlay(run_dir / "overlays" / f"{sample.id}.png", sample, labels, pred)
+        progress.add({
+            "index": idx, "id": sample.id, "status": "ok",
+            "confusion": [nz.tolist(), delta[nz].tolist()],
+            "steps": len(pred.trace), "kept": [sample.queries[k] for k in pred.kept], "time": dict(times),
+        })
+    except Exception as err:
+        if on_error == "raise" or isinstance(err, (KeyboardInterrupt, MemoryError)):
+            raise RuntimeError(
+                f"image {sample_id} (index {idx}) failed: {err}. {len(progress.records)} finished images are "
+                f"kept in {progress.path}; fix the input and rerun with resume=true, or set on_error=skip "
+                "to record failures and exclude them from the metric."
+            ) from err
+        log.warning("image %s failed and is skipped (on_error=skip): %s", sample_id, err)
+        progress.add({"index": idx, "id": sample_id, "status": "failed", "error": f"{type(err).__name__}: {err}"})
 
 
 def _assemble_results(

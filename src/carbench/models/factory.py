@@ -121,7 +121,18 @@ def build_car(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Backbo
         prompt_kwargs={"gray_bgr_quirk": cfg.get("gray_bgr_quirk", True)},
         reuse_unchanged_step=not ref,
         amp=str(cfg.get("amp", "auto")),
+        postprocess_workers=0 if ref else post_workers(cfg.get("postprocess_workers", "auto"), pool.device),
     )
+
+
+def post_workers(value: int | str, device: torch.device) -> int:
+    """`model.postprocess_workers`: "auto" = 1 worker process on CUDA (the CPU CRF then overlaps the
+    GPU's next image), 0 on CPU (the CLIP work already uses every core; no worker start-up cost)."""
+    if value == "auto":
+        return 1 if torch.device(device).type == "cuda" else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"model.postprocess_workers must be 'auto' or an integer ≥ 0, got {value!r}")
+    return value
 
 
 def build_dense_clip(cfg: dict[str, Any], postprocess: PostProcess | None, pool: BackbonePool) -> Segmenter:

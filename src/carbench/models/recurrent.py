@@ -19,6 +19,7 @@ import torch
 
 from carbench.models.classifier import MaskClassifier
 from carbench.models.labels import assemble_semantic_labels
+from carbench.models.postprocess.pool import PostprocessPool
 from carbench.models.prompts import prompt_images, validate_prompts
 from carbench.models.proposals.clip_es import ClipESProposer
 from carbench.types import Prediction
@@ -73,6 +74,7 @@ class CaR:
         prompt_kwargs: dict | None = None,
         reuse_unchanged_step: bool = True,
         amp: str = "auto",
+        postprocess_workers: int = 0,
     ) -> None:
         mask_threshold = check_unit_interval("model.mask_threshold (η)", mask_threshold)
         confidence_threshold = check_unit_interval("model.confidence_threshold (θ)", confidence_threshold)
@@ -91,6 +93,9 @@ class CaR:
         if amp not in AMP_DTYPES:
             raise ValueError(f"unknown model.amp {amp!r}; set model.amp to one of: {', '.join(AMP_DTYPES)}")
         self.amp = amp
+        # > 0: post-processing runs in worker processes and `segment_deferred` overlaps it with the
+        # next image's CLIP work (the engine's pipelined loop); outputs are identical either way.
+        self.post_pool = PostprocessPool(postprocess, postprocess_workers) if postprocess and postprocess_workers else None
 
     def autocast(self):
         """bf16/fp16 autocast for the CLIP work on CUDA ("auto" = bf16 there); CPU stays fp32, bit-exact."""
@@ -160,7 +165,8 @@ class CaR:
             alive = [a for a, k in zip(alive, keep, strict=True) if k]
             prev_maps = maps[keep]
 
-    def segment(self, image: np.ndarray, queries: list[str]) -> Prediction:
+    def _clip_stage(self, image: np.ndarray, queries: list[str]):
+        """Everything before post-processing: text warm-up and the recurrence."""
         queries = check_queries(queries)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be H×W×3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
@@ -171,9 +177,10 @@ class CaR:
         with self.autocast():
             alive, maps, scores, trace = self.run_loop(image, queries)
         trace[0]["time"]["text"] = t_text
-        t0 = time.perf_counter()
-        final = self.postprocess(image, maps).astype(np.float32) if self.postprocess else maps
-        t_post = time.perf_counter() - t0
+        return queries, alive, maps, scores, trace
+
+    @staticmethod
+    def _assemble(image, queries, alive, final, scores, trace, t_post: float) -> Prediction:
         h, w = image.shape[:2]
         masks = np.zeros((len(queries), h, w), np.float32)
         full_scores = np.zeros(len(queries), np.float32)
@@ -182,3 +189,30 @@ class CaR:
         trace[-1]["time"]["postprocess"] = t_post
         labels = assemble_semantic_labels(masks, full_scores)
         return Prediction(labels=labels, masks=masks, scores=full_scores, kept=list(alive), trace=trace)
+
+    def segment(self, image: np.ndarray, queries: list[str]) -> Prediction:
+        queries, alive, maps, scores, trace = self._clip_stage(image, queries)
+        t0 = time.perf_counter()
+        final = self.postprocess(image, maps).astype(np.float32) if self.postprocess else maps
+        return self._assemble(image, queries, alive, final, scores, trace, time.perf_counter() - t0)
+
+    def segment_deferred(self, image: np.ndarray, queries: list[str]) -> Callable[[], Prediction]:
+        """Do the CLIP work now; return a function that finishes the `Prediction`.
+
+        With a post-processing pool the CRF starts in a worker before this returns, so the caller
+        can run the next image's CLIP work before calling the function (the pipelined engine loop).
+        Without one this is `segment` with the result wrapped.
+        """
+        if self.post_pool is None:
+            pred = self.segment(image, queries)
+            return lambda: pred
+        queries, alive, maps, scores, trace = self._clip_stage(image, queries)
+        future = self.post_pool.submit(image, maps)
+
+        def finish() -> Prediction:
+            t0 = time.perf_counter()
+            final, t_post = future.result()
+            trace[-1]["time"]["postprocess_wait"] = time.perf_counter() - t0
+            return self._assemble(image, queries, alive, final, scores, trace, t_post)
+
+        return finish
