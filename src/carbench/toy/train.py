@@ -18,7 +18,12 @@ Recipe (defaults; all seeded, so a run is a deterministic function of its argume
   (localisation aid 2): every patch token of a scene, through ``ln_post`` and ``proj``, is
   classified against the text embeddings of the 8 class names and the background words (one
   random template per step), with the patch's pixel composition as soft target (background
-  pixels split between "background" and the scene's texture word).
+  pixels split between "background" and the scene's texture word) + 3.0 × the same dense loss on the
+  last block's *value path* (localisation aid 3, MaskCLIP's read-out: ln_1 → value → out-projection →
+  ln_post → proj of each patch). Grad-CAM on the last block's ln_1 output with a spatially averaged
+  gradient is, to first order, exactly this read-out scored against the query's text direction;
+  without it the CAMs were inverted (higher outside the object: IoU 0.03 with the true classes), and
+  with weight 1 the contrastive terms slowly eroded it (probe IoU 0.36 → 0.21 over 450 steps).
 - AdamW (lr 1e-3, betas 0.9/0.98, wd 0.1 on matrices), 100 warm-up steps then cosine to 0 over
   `--steps`; learnable logit scale (init 1/0.07, capped at 100 as in CLIP); fp32,
   `torch.set_num_threads(--threads)`; scene generation in one DataLoader worker.
@@ -448,7 +453,7 @@ def export(model, args: argparse.Namespace, step: int, history: list) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m carbench.toy.train", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=900, help="total optimiser steps (cosine schedule length)")
+    p.add_argument("--steps", type=int, default=4000, help="total optimiser steps (cosine schedule length)")
     p.add_argument(
         "--minutes", type=float, default=None, help="stop (checkpoint + export) after this many minutes"
     )
@@ -465,7 +470,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--w-prev", type=float, default=0.3, help="weight of the block L−1 contrastive loss")
     p.add_argument("--w-dense", type=float, default=1.0, help="weight of the dense patch-text loss")
     p.add_argument(
-        "--w-value", type=float, default=1.0, help="weight of the dense loss on the last block's value path"
+        "--w-value", type=float, default=3.0, help="weight of the dense loss on the last block's value path"
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers generating scenes")
