@@ -33,8 +33,8 @@ from carbench.toy.model import (
 from carbench.toy.scenes import CLASS_NAMES, make_scene
 
 #: Floor for the shipped weights' zero-shot top-1 on 64 fresh single-object scenes (8-way; chance
-#: = 12.5 %). The shipped model measures higher (see the training log / module docstring).
-ZERO_SHOT_FLOOR = 0.35
+#: = 12.5 %). The shipped model (step 4000) measures 0.906 on these scenes.
+ZERO_SHOT_FLOOR = 0.8
 
 
 @pytest.fixture(scope="module")

@@ -1,65 +1,64 @@
-"""Choose the toy benchmark's thresholds (η, θ, λ) on the *tune* split — never on val.
+"""Choose the toy benchmark's CaR settings on the *tune* split — never on val.
 
-    python -m carbench.toy.tune [--n 60] [--theta 0.3 0.45 0.6 0.75] [--eta 0.3 0.4 0.5] [--lam 0.3 0.4 0.5]
+    python -m carbench.toy.tune [overrides…] [--n 60] [--theta …] [--eta …] [--lam …] [--prompts circle,blur blur …]
 
-Coordinate search: θ × η on a grid at the config's λ, then λ at the best (θ, η). Prints the
-table of tune mIoU and the best setting to paste into conf/dataset/toy.yaml.
+(Hydra overrides such as threads=1 go first: the list options take every word after them.)
+
+Coordinate search: θ × η on a grid (λ and prompts at the config's values), then λ, then the visual
+prompts, each at the best setting so far. Prints every tune mIoU and the best setting to write into
+conf/dataset/toy.yaml; the golden numbers on val are then measured by `carbench.toy.golden`.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 
-from carbench.toy.runs import run_toy
+from carbench.toy.runs import run_toy, toy_config
 
 
-def tune_miou(n: int, eta: float, theta: float, lam: float, extra: list[str]) -> float:
-    """mIoU on the first `n` tune scenes at (η, θ, λ)."""
-    overrides = [
-        "dataset.split=tune",
-        f"dataset.n={n}",
-        f"model.mask_threshold={eta}",
-        f"model.confidence_threshold={theta}",
-        f"model.clipes_threshold={lam}",
-        "num_workers=0",
-        *extra,
-    ]
+def tune_miou(n: int, setting: dict[str, object], extra: list[str]) -> float:
+    """mIoU on the first `n` tune scenes with the model keys of `setting` overridden."""
+    overrides = ["dataset.split=tune", f"dataset.n={n}", "num_workers=0", *extra]
+    for key, value in setting.items():
+        overrides.append(f"model.{key}=[{','.join(value)}]" if isinstance(value, (list, tuple)) else f"model.{key}={value}")
     return float(run_toy(overrides)["mIoU"])
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, object]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=60, help="tune scenes")
-    ap.add_argument("--theta", type=float, nargs="+", default=[0.3, 0.45, 0.6, 0.75])
+    ap.add_argument("--theta", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.45, 0.6])
     ap.add_argument("--eta", type=float, nargs="+", default=[0.3, 0.4, 0.5])
     ap.add_argument("--lam", type=float, nargs="+", default=[0.3, 0.4, 0.5])
-    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides")
+    ap.add_argument("--prompts", nargs="+", default=["circle,blur", "blur"], help="comma-separated prompt lists")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides (e.g. threads=1)")
     args = ap.parse_args(argv)
-    results: dict[tuple[float, float, float], float] = {}
-    lam0 = 0.4
-    for theta in args.theta:
-        for eta in args.eta:
-            results[(eta, theta, lam0)] = tune_miou(args.n, eta, theta, lam0, args.overrides)
-            print(
-                f"η={eta:.2f} θ={theta:.2f} λ={lam0:.2f}  tune mIoU {results[(eta, theta, lam0)]:.2f}",
-                flush=True,
-            )
-    eta_b, theta_b, _ = max(results, key=results.get)
-    for lam in args.lam:
-        if (eta_b, theta_b, lam) not in results:
-            results[(eta_b, theta_b, lam)] = tune_miou(args.n, eta_b, theta_b, lam, args.overrides)
-            print(
-                f"η={eta_b:.2f} θ={theta_b:.2f} λ={lam:.2f}  tune mIoU {results[(eta_b, theta_b, lam)]:.2f}",
-                flush=True,
-            )
-    best = max(results, key=results.get)
-    print(f"best on tune: η={best[0]} θ={best[1]} λ={best[2]} → {results[best]:.2f} mIoU")
-    return {
-        "mask_threshold": best[0],
-        "confidence_threshold": best[1],
-        "clipes_threshold": best[2],
-        "tune_mIoU": results[best],
+    base = toy_config(args.overrides).model
+    best: dict[str, object] = {
+        "mask_threshold": base.mask_threshold,
+        "confidence_threshold": base.confidence_threshold,
+        "clipes_threshold": base.clipes_threshold,
+        "visual_prompts": list(base.visual_prompts),
     }
+    seen: dict[str, float] = {}
+
+    def score(setting: dict[str, object]) -> float:
+        key = repr(sorted(setting.items()))
+        if key not in seen:
+            seen[key] = tune_miou(args.n, setting, args.overrides)
+            print("  ".join(f"{k}={v}" for k, v in setting.items()) + f"  → tune mIoU {seen[key]:.2f}", flush=True)
+        return seen[key]
+
+    grids = [
+        [{"mask_threshold": e, "confidence_threshold": t} for e, t in itertools.product(args.eta, args.theta)],
+        [{"clipes_threshold": lam} for lam in args.lam],
+        [{"visual_prompts": p.split(",")} for p in args.prompts],
+    ]
+    for grid in grids:
+        best = max(({**best, **change} for change in grid), key=score)
+    print(f"best on tune ({args.n} scenes): {best} → {score(best):.2f} mIoU")
+    return {**best, "tune_mIoU": score(best)}
 
 
 if __name__ == "__main__":
