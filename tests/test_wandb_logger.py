@@ -155,27 +155,24 @@ def test_overlays_follow_the_logger():
     assert loggers.overlay_count({"overlays": 9, "logger": {"name": "wandb", "max_overlays": 4}}) == 9
 
 
-def test_referring_runs_are_logged_too(tmp_path, monkeypatch):
-    """The referring engine (engine/referring.py) returns its results; the W&B logger records them after."""
+def test_referring_runs_are_logged_once(tmp_path, monkeypatch):
+    """A real referring run (REFER fixture, random tiny CLIP) is logged by its engine: one W&B run whose
+    summary holds the referring metrics of results.json (wandb_view asserts there is exactly one run)."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
 
-    import carbench.engine.referring as referring
+    from carbench.data.fixtures_more import write_refer_fixture
     from carbench.engine import evaluate as engine
 
+    refer = write_refer_fixture(tmp_path / "refer")
     run_dir = tmp_path / "run"
-
-    def fake_referring(cfg, out_dir):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return {"metrics": {"mIoU": 33.5, "oIoU": 30.25}, "num_images": {"evaluated": 7}, "run_dir": str(run_dir)}
-
-    monkeypatch.setattr(referring, "run_referring_evaluation", fake_referring)
     monkeypatch.setenv("WANDB_MODE", "offline")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=voc_fixture", "logger=wandb"])
-    with open_dict(cfg):
-        cfg.dataset.task = "referring"
-    engine.run_evaluation(cfg, run_dir)
+        cfg = compose("config", overrides=[
+            "dataset=refcoco", f"dataset.root={refer}", "model.proposal=tiny_random", "model.classifier=tiny_random",
+            "device=cpu", "num_workers=0", "postprocess=none", "logger=wandb",
+        ])
+    results = engine.run_evaluation(cfg, run_dir)
     view = wandb_view(run_dir)
-    assert view["summary"]["mIoU"] == 33.5 and view["summary"]["oIoU"] == 30.25
+    assert view["summary"]["mIoU"] == pytest.approx(results["metrics"]["mIoU"])
+    assert view["summary"]["oIoU"] == pytest.approx(results["metrics"]["oIoU"])
     assert view["config"]["dataset"]["task"] == "referring"

@@ -110,14 +110,6 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """
     out_dir = Path(out_dir)
     check_writable(out_dir)
-    if cfg.dataset.get("task", "semantic") == "referring":  # RefCOCO/+/g: per-expression masks
-        from carbench.engine.referring import run_referring_evaluation
-
-        results = run_referring_evaluation(cfg, out_dir)
-        logger = build_logger(cfg)  # after the fact: config, metrics (mIoU, oIoU …), overlays if any
-        logger.start(OmegaConf.to_container(cfg, resolve=True), Path(results["run_dir"]))
-        logger.finish(results, Path(results["run_dir"]))
-        return results
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
     cfg_hash = config_hash(plain_cfg)
     on_error = str(cfg.get("on_error", "raise"))
@@ -127,31 +119,33 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(str(cfg.device))
+    if cfg.dataset.get("task", "semantic") == "referring":  # RefCOCO/+/g: per-expression masks
+        from carbench.engine.referring import run_referring as runner
+    else:
+        runner = _run_semantic
     ctx = dist_util.init_distributed(cfg.get("dist"), device)
     try:
-        return _run_semantic(cfg, out_dir, plain_cfg, cfg_hash, on_error, dist_util.rank_device(device, ctx), ctx)
+        return runner(cfg, out_dir, plain_cfg, cfg_hash, on_error, dist_util.rank_device(device, ctx), ctx)
     finally:
         dist_util.shutdown(ctx)
 
 
-def _run_semantic(
-    cfg: DictConfig, out_dir: Path, plain_cfg: Any, cfg_hash: str, on_error: str, device: torch.device,
-    ctx: dist_util.DistContext,
-) -> dict[str, Any]:
-    """The semantic loop of `run_evaluation` for this rank (the whole job when not distributed)."""
-    out_dir = Path(dist_util.broadcast(str(out_dir), ctx))  # Hydra may stamp each rank's dir differently
-    dataset = build_dataset(cfg.dataset)
+def image_count(cfg: DictConfig, dataset: Any) -> int:
+    """How many items of the split this run evaluates: all, or the first `limit`."""
     limit = cfg.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    if limit is None:
+        return len(dataset)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a positive integer (the first N images) or null for the whole split, "
                          f"got {limit!r}")
-    n = len(dataset) if limit is None else min(int(limit), len(dataset))
-    if cfg.model.get("two_pass"):  # Pascal Context: things pass + stuff pass (models/two_pass.py, car-method §1.7)
-        from carbench.models.two_pass import build_two_pass
+    return min(limit, len(dataset))
 
-        segmenter = build_two_pass(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
-    else:
-        segmenter = build_segmenter(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
+
+def open_run(
+    cfg: DictConfig, out_dir: Path, cfg_hash: str, ctx: dist_util.DistContext
+) -> tuple[Path, Progress, dict[int, dict[str, Any]]]:
+    """The run dir (rank 0 decides, every rank agrees), this rank's progress file, and every record a
+    previous attempt of this run left in any rank's file."""
     resolved: tuple[str | None, str | None] = (None, None)
     if ctx.is_main:
         try:
@@ -166,6 +160,82 @@ def _run_semantic(
     dist_util.barrier(ctx)  # every rank has repaired its own file before anyone reads the others
     done_before = dist_util.read_all_records(run_dir, cfg_hash)
     dist_util.barrier(ctx)  # nobody appends this attempt's records before everyone has read
+    return run_dir, progress, done_before
+
+
+def make_loader(cfg: DictConfig, dataset: Any, indices: list[int]) -> torch.utils.data.DataLoader:
+    """Items `indices` of `dataset`, decoded in `num_workers` background workers, errors passed along."""
+    workers = int(cfg.get("num_workers", 0))
+    return torch.utils.data.DataLoader(
+        _Loaded(dataset, indices), batch_size=None, shuffle=False, num_workers=workers,
+        collate_fn=lambda x: x, prefetch_factor=2 if workers else None,
+    )
+
+
+def run_guarded(loop: Callable[[], None], logger: Any, run_dir: Path, progress: Progress,
+                ctx: dist_util.DistContext) -> None:
+    """Run this rank's loop; if it or another rank fails, close the logger and raise on every rank
+    instead of leaving the others waiting in the collective that follows."""
+    try:
+        loop()
+    except BaseException:
+        dist_util.any_rank_failed(True, ctx)  # release the other ranks from the collective below
+        logger.finish(None, run_dir)
+        raise
+    if dist_util.any_rank_failed(False, ctx):
+        logger.finish(None, run_dir)
+        raise RuntimeError(
+            f"another rank failed (see its log); this rank's finished items are kept in {progress.path}. "
+            "Rerun the same command with resume=true to continue."
+        )
+
+
+def gather_records(run_dir: Path, cfg_hash: str, n: int, ctx: dist_util.DistContext) -> list[dict[str, Any]]:
+    """Every rank's records of items 0..n-1, in order, once every rank has finished writing."""
+    dist_util.barrier(ctx)
+    records = dist_util.read_all_records(run_dir, cfg_hash)
+    missing = [i for i in range(n) if i not in records]
+    if missing:
+        raise RuntimeError(f"{len(missing)} items have no record in {run_dir} (first: index {missing[0]})")
+    return [records[i] for i in range(n)]
+
+
+def trace_times(pred: Prediction, t0: float) -> dict[str, float]:
+    """Seconds per stage summed over the prediction's steps, plus the item's total since `t0`."""
+    times: dict[str, float] = defaultdict(float)
+    for step in pred.trace:
+        for k, v in step["time"].items():
+            times[k] += v
+    times["total"] = time.perf_counter() - t0
+    return dict(times)
+
+
+def stage_summary(ok: list[dict[str, Any]]) -> tuple[dict[int, int], dict[str, float]]:
+    """Steps histogram and total seconds per stage over the finished items' records."""
+    stage_time: dict[str, float] = defaultdict(float)
+    steps_hist: dict[int, int] = defaultdict(int)
+    for r in ok:
+        steps_hist[r["steps"]] += 1
+        for k, v in r["time"].items():
+            stage_time[k] += v
+    return dict(sorted(steps_hist.items())), dict(stage_time)
+
+
+def _run_semantic(
+    cfg: DictConfig, out_dir: Path, plain_cfg: Any, cfg_hash: str, on_error: str, device: torch.device,
+    ctx: dist_util.DistContext,
+) -> dict[str, Any]:
+    """The semantic loop of `run_evaluation` for this rank (the whole job when not distributed)."""
+    out_dir = Path(dist_util.broadcast(str(out_dir), ctx))  # Hydra may stamp each rank's dir differently
+    dataset = build_dataset(cfg.dataset)
+    n = image_count(cfg, dataset)
+    if cfg.model.get("two_pass"):  # Pascal Context: things pass + stuff pass (models/two_pass.py, car-method §1.7)
+        from carbench.models.two_pass import build_two_pass
+
+        segmenter = build_two_pass(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
+    else:
+        segmenter = build_segmenter(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
+    run_dir, progress, done_before = open_run(cfg, out_dir, cfg_hash, ctx)
 
     metric = SemanticIoU(
         num_classes=dataset.num_classes,
@@ -194,37 +264,18 @@ def _run_semantic(
     logger = build_logger(cfg) if ctx.is_main else build_logger(None)
     logger.start(plain_cfg, run_dir)
 
-    workers = int(cfg.get("num_workers", 0))
-    loader = torch.utils.data.DataLoader(
-        _Loaded(dataset, mine), batch_size=None, shuffle=False, num_workers=workers,
-        collate_fn=lambda x: x, prefetch_factor=2 if workers else None,
-    )
+    loader = make_loader(cfg, dataset, mine)
     t_start = time.perf_counter()
     bar = tqdm(total=n if not ctx.enabled else len(mine), initial=n - len(todo) if not ctx.enabled else 0,
                desc=f"CaR on {dataset.name}" + (f" [rank {ctx.rank}]" if ctx.enabled else ""), unit="img",
                dynamic_ncols=True, disable=ctx.enabled and not ctx.is_main)
-    try:
-        _loop(cfg, loader, dataset, segmenter, metric, lut, progress, run_dir, pred_dir, on_error, bar)
-    except BaseException:
-        dist_util.any_rank_failed(True, ctx)  # release the other ranks from the collective below
-        logger.finish(None, run_dir)
-        raise
-    if dist_util.any_rank_failed(False, ctx):
-        logger.finish(None, run_dir)
-        raise RuntimeError(
-            f"another rank failed (see its log); this rank's finished images are kept in {progress.path}. "
-            "Rerun the same command with resume=true to continue."
-        )
+    run_guarded(lambda: _loop(cfg, loader, dataset, segmenter, metric, lut, progress, run_dir, pred_dir, on_error, bar),
+                logger, run_dir, progress, ctx)
     bar.close()
     wall = time.perf_counter() - t_start
     scores = metric.compute()  # collective under torchrun: torchmetrics sums the ranks' confusion matrices
-    dist_util.barrier(ctx)  # every rank's progress file is complete
-    all_records = dist_util.read_all_records(run_dir, cfg_hash)
-    missing = [i for i in range(n) if i not in all_records]
-    if missing:
-        raise RuntimeError(f"{len(missing)} images have no record in {run_dir} (first: index {missing[0]})")
     results = _assemble_results(cfg, dataset, device, plain_cfg, cfg_hash, n, todo, wall, scores, metric,
-                                [all_records[i] for i in range(n)], ctx)
+                                gather_records(run_dir, cfg_hash, n, ctx), ctx)
     results["run_dir"] = str(run_dir)
     if not ctx.is_main:
         return results
@@ -238,7 +289,7 @@ def _run_semantic(
     return results
 
 
-def _start(segmenter: Any, sample: Any) -> Callable[[], Prediction]:
+def start_segment(segmenter: Any, sample: Any) -> Callable[[], Prediction]:
     """Begin one image; the returned function yields its Prediction. A segmenter with
     `segment_deferred` (CaR with post-processing workers) is still running its CRF in a worker when
     this returns, so the loop can start the next image's CLIP work before finishing this one."""
@@ -268,7 +319,7 @@ def _loop(
         try:
             if load_error is not None:
                 raise RuntimeError(load_error)
-            started: Callable[[], Prediction] | Exception = _start(segmenter, sample)
+            started: Callable[[], Prediction] | Exception = start_segment(segmenter, sample)
         except Exception as err:  # recorded (or raised) in order, when this image is finished
             started = err
         except BaseException:  # Ctrl-C / kill while this image ran: keep the finished one before it
@@ -299,11 +350,7 @@ def _finish(
         metric.update(labels, sample.target)
         delta = (metric.confusion - before).view(-1)
         nz = torch.nonzero(delta).view(-1)
-        times: dict[str, float] = defaultdict(float)
-        for step in pred.trace:
-            for k, v in step["time"].items():
-                times[k] += v
-        times["total"] = time.perf_counter() - t0
+        times = trace_times(pred, t0)
         if cfg.save_predictions:
             write_palette_png(pred_dir / f"{sample.id}.png", labels.astype(np.uint8))
         if idx < overlay_count(cfg):
@@ -311,7 +358,7 @@ def _finish(
         progress.add({
             "index": idx, "id": sample.id, "status": "ok",
             "confusion": [nz.tolist(), delta[nz].tolist()],
-            "steps": len(pred.trace), "kept": [sample.queries[k] for k in pred.kept], "time": dict(times),
+            "steps": len(pred.trace), "kept": [sample.queries[k] for k in pred.kept], "time": times,
         })
     except Exception as err:
         if on_error == "raise" or isinstance(err, (KeyboardInterrupt, MemoryError)):
@@ -332,12 +379,7 @@ def _assemble_results(
     """The results.json dict, from the synced metric and the records of every rank."""
     ok = [r for r in records if r["status"] == "ok"]
     failed = [{"id": r["id"], "error": r["error"]} for r in records if r["status"] == "failed"]
-    stage_time: dict[str, float] = defaultdict(float)
-    steps_hist: dict[int, int] = defaultdict(int)
-    for r in ok:
-        steps_hist[r["steps"]] += 1
-        for k, v in r["time"].items():
-            stage_time[k] += v
+    steps_hist, stage_time = stage_summary(ok)
     n_ok = max(len(ok), 1)
     results: dict[str, Any] = {
         "dataset": {"name": dataset.name, "split": cfg.dataset.get("split"), "num_classes": dataset.num_classes},
@@ -354,11 +396,11 @@ def _assemble_results(
         "confusion": scores["confusion"].tolist(),
         "queries": list(dataset.queries),
         "queries_hash": queries_hash(list(dataset.queries)),
-        "steps_histogram": dict(sorted(steps_hist.items())),
+        "steps_histogram": steps_hist,
         "timing": {
             "wall_s_this_attempt": wall,
             "images_per_s": len(todo) / wall if wall > 0 and todo else None,
-            "stage_total_s": dict(stage_time),
+            "stage_total_s": stage_time,
             "stage_mean_s_per_image": {k: v / n_ok for k, v in stage_time.items()},
         },
         "per_image": [{"id": r["id"], "steps": r["steps"], "kept": r["kept"]} for r in ok],

@@ -1,6 +1,6 @@
 """The referring-segmentation loop (RefCOCO / RefCOCO+ / RefCOCOg): expression(s) → foreground mask → scores.
 
-`run_evaluation` dispatches here when ``dataset.task == "referring"``. Same guarantees as the
+`run_evaluation` dispatches here (after seeding, device and torchrun set-up) when ``dataset.task == "referring"``. Same guarantees as the
 semantic loop, built from the same helpers (progress.py, results.py, distributed.py, loggers.py,
 evaluate.py): a progress bar; every finished sample appended (fsynced) to progress.jsonl with its
 (I, U) pixel counts, so an interrupted run resumes to the metrics of an uninterrupted one; expected /
@@ -17,75 +17,51 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from carbench.data import build_dataset
 from carbench.data.voc_format import write_palette_png
 from carbench.engine import distributed as dist_util
-from carbench.engine.evaluate import _Loaded, _resolve_run_dir, queries_hash, seed_everything
+from carbench.engine.evaluate import (
+    gather_records,
+    image_count,
+    make_loader,
+    open_run,
+    queries_hash,
+    run_guarded,
+    stage_summary,
+    start_segment,
+    trace_times,
+)
 from carbench.engine.loggers import build_logger, overlay_count
 from carbench.engine.overlays import write_overlay
-from carbench.engine.progress import RESULTS_FILE, Progress, ResumeError, config_hash
+from carbench.engine.progress import RESULTS_FILE, Progress
 from carbench.engine.results import git_sha, package_versions, write_json_atomic
 from carbench.metrics import ReferringIoU
-from carbench.models.clip import resolve_device
 from carbench.models.referring import build_referring_segmenter
 from carbench.types import BACKGROUND, Sample
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_referring_evaluation"]
+__all__ = ["run_referring"]
 
 
-def run_referring_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Evaluate `cfg.model` on a referring `cfg.dataset`; write results.json under the run dir."""
-    out_dir = Path(out_dir)
-    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
-    cfg_hash = config_hash(plain_cfg)
-    on_error = str(cfg.get("on_error", "raise"))
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    seed_everything(int(cfg.seed))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    device = resolve_device(str(cfg.device))
-    ctx = dist_util.init_distributed(cfg.get("dist"), device)
-    try:
-        return _run(cfg, out_dir, plain_cfg, cfg_hash, on_error, dist_util.rank_device(device, ctx), ctx)
-    finally:
-        dist_util.shutdown(ctx)
-
-
-def _run(
+def run_referring(
     cfg: DictConfig, out_dir: Path, plain_cfg: Any, cfg_hash: str, on_error: str, device: torch.device,
     ctx: dist_util.DistContext,
 ) -> dict[str, Any]:
+    """This rank's part of a referring run; `run_evaluation` has set up seed, device and torchrun."""
     out_dir = Path(dist_util.broadcast(str(out_dir), ctx))
     dataset = build_dataset(cfg.dataset)
-    limit = cfg.get("limit")
-    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    n = image_count(cfg, dataset)
     segmenter = build_referring_segmenter(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
-    resolved: tuple[str | None, str | None] = (None, None)
-    if ctx.is_main:
-        try:
-            resolved = (str(_resolve_run_dir(cfg, out_dir, cfg_hash)), None)
-        except ResumeError as err:
-            resolved = (None, str(err))
-    found, error = dist_util.broadcast(resolved, ctx)
-    if error is not None:
-        raise ResumeError(error)
-    run_dir = Path(found)
-    progress = Progress.open(run_dir, cfg_hash, filename=dist_util.progress_filename(ctx))
-    dist_util.barrier(ctx)
-    done_before = dist_util.read_all_records(run_dir, cfg_hash)
-    dist_util.barrier(ctx)
+    run_dir, progress, done_before = open_run(cfg, out_dir, cfg_hash, ctx)
 
     metric = ReferringIoU(thresholds=tuple(cfg.get("metric", {}).get("prec_thresholds", (0.5, 0.6, 0.7, 0.8, 0.9))))
     for i in sorted(done_before) if ctx.is_main else ():  # replayed in index order: same float sums as one pass
@@ -104,36 +80,19 @@ def _run(
     logger = build_logger(cfg) if ctx.is_main else build_logger(None)
     logger.start(plain_cfg, run_dir)
 
-    workers = int(cfg.get("num_workers", 0))
-    loader = torch.utils.data.DataLoader(
-        _Loaded(dataset, mine), batch_size=None, shuffle=False, num_workers=workers,
-        collate_fn=lambda x: x, prefetch_factor=2 if workers else None,
-    )
+    loader = make_loader(cfg, dataset, mine)
     t_start = time.perf_counter()
     unit = "expr" if dataset.mode == "expression" else "ref"
     bar = tqdm(total=n if not ctx.enabled else len(mine), initial=n - len(todo) if not ctx.enabled else 0,
                desc=f"CaR on {dataset.name} {dataset.split_by}/{dataset.split}", unit=unit, dynamic_ncols=True,
                disable=ctx.enabled and not ctx.is_main)
-    try:
-        _loop(cfg, loader, dataset, segmenter, metric, progress, run_dir, pred_dir, on_error, bar)
-    except BaseException:
-        dist_util.any_rank_failed(True, ctx)
-        logger.finish(None, run_dir)
-        raise
-    if dist_util.any_rank_failed(False, ctx):
-        logger.finish(None, run_dir)
-        raise RuntimeError(f"another rank failed (see its log); this rank's finished samples are kept in "
-                           f"{progress.path}. Rerun the same command with resume=true to continue.")
+    run_guarded(lambda: _loop(cfg, loader, dataset, segmenter, metric, progress, run_dir, pred_dir, on_error, bar),
+                logger, run_dir, progress, ctx)
     bar.close()
     wall = time.perf_counter() - t_start
     scores = metric.compute()
-    dist_util.barrier(ctx)
-    all_records = dist_util.read_all_records(run_dir, cfg_hash)
-    missing = [i for i in range(n) if i not in all_records]
-    if missing:
-        raise RuntimeError(f"{len(missing)} samples have no record in {run_dir} (first: index {missing[0]})")
     results = _assemble(cfg, dataset, device, plain_cfg, cfg_hash, n, todo, wall, scores,
-                        [all_records[i] for i in range(n)], ctx)
+                        gather_records(run_dir, cfg_hash, n, ctx), ctx)
     results["run_dir"] = str(run_dir)
     if not ctx.is_main:
         return results
@@ -159,10 +118,7 @@ def _loop(
             if load_error is not None:
                 raise RuntimeError(load_error)
             t0 = time.perf_counter()
-            if hasattr(segmenter, "segment_sample"):  # models that need the sample (e.g. precomputed masks)
-                pred = segmenter.segment_sample(sample)
-            else:
-                pred = segmenter.segment(sample.image, sample.queries)
+            pred = start_segment(segmenter, sample)()  # precomputed masks, or the wrapped model
             fg = np.asarray(pred.labels) != BACKGROUND
             target = np.asarray(sample.target, dtype=bool)
             if fg.shape != target.shape:
@@ -170,11 +126,7 @@ def _loop(
                                  "at the original image resolution")
             inter, union = int((fg & target).sum()), int((fg | target).sum())
             metric.update_counts(inter, union)
-            times: dict[str, float] = defaultdict(float)
-            for step in pred.trace:
-                for k, v in step["time"].items():
-                    times[k] += v
-            times["total"] = time.perf_counter() - t0
+            times = trace_times(pred, t0)
             if cfg.save_predictions:
                 write_palette_png(pred_dir / f"{sample.id}.png", fg.astype(np.uint8))
             if idx < overlay_count(cfg):
@@ -185,7 +137,7 @@ def _loop(
                 "ref_id": sample.meta.get("ref_id"), "sent_ids": sample.meta.get("sent_ids"),
                 "image_id": sample.meta.get("image_id"), "steps": len(pred.trace),
                 "kept": [sample.queries[k] for k in pred.kept],
-                "scores": [float(s) for s in np.asarray(pred.scores).reshape(-1)], "time": dict(times),
+                "scores": [float(s) for s in np.asarray(pred.scores).reshape(-1)], "time": times,
             })
         except Exception as err:
             if on_error == "raise" or isinstance(err, (KeyboardInterrupt, MemoryError)):
@@ -206,12 +158,7 @@ def _assemble(
     """The results.json dict, from the synced metric and every rank's records."""
     ok = [r for r in records if r["status"] == "ok"]
     failed = [{"id": r["id"], "error": r["error"]} for r in records if r["status"] == "failed"]
-    stage_time: dict[str, float] = defaultdict(float)
-    steps_hist: dict[int, int] = defaultdict(int)
-    for r in ok:
-        steps_hist[r["steps"]] += 1
-        for k, v in r["time"].items():
-            stage_time[k] += v
+    steps_hist, stage_time = stage_summary(ok)
     n_ok = max(len(ok), 1)
     all_queries = [dataset.queries_of(i) for i in range(n)]
     counts = {"expected": n, "evaluated": len(ok), "failed": len(failed), "split_size": len(dataset)}
@@ -231,11 +178,11 @@ def _assemble(
                         "oIoU": "sum I / sum U", "resolution": "original image"},
         "queries_hash": queries_hash([q for qs in all_queries for q in qs]),
         "background_queries": list(cfg.model.get("background_queries") or []),
-        "steps_histogram": dict(sorted(steps_hist.items())),
+        "steps_histogram": steps_hist,
         "timing": {
             "wall_s_this_attempt": wall,
             "samples_per_s": len(todo) / wall if wall > 0 and todo else None,
-            "stage_total_s": dict(stage_time),
+            "stage_total_s": stage_time,
             "stage_mean_s_per_sample": {k: v / n_ok for k, v in stage_time.items()},
         },
         "per_sample": [

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from carbench.models.factory import BackbonePool, build_car, build_postprocess
+from carbench.models.factory import BackbonePool, _plain, build_car, build_postprocess
 from carbench.models.labels import assemble_semantic_labels
 from carbench.models.recurrent import CaR
 from carbench.types import BACKGROUND, Prediction
@@ -85,14 +85,6 @@ class TwoPassCaR:
             kept += [idx[k] for k in pred.kept]
             trace += [{**step, "pass": name} for step in pred.trace]
         return Prediction(labels=labels, masks=masks, scores=scores, kept=sorted(kept), trace=trace)
-
-
-def _plain(cfg: Mapping | DictConfig | None) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
 
 
 def build_two_pass(
