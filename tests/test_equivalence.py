@@ -2,8 +2,9 @@
 
 Reference re-encodes texts at every call and images once per template, runs one backward per
 query and recomputes unchanged steps; fast does none of that. Float results may differ in the
-last bits (batched vs single matmuls), so soft maps and scores are compared within 1e-4; label
-maps after thresholding must be identical.
+last bits (batched vs single matmuls), so soft maps are compared within 2e-4, scores within 1e-3
+(a pixel at the η threshold can flip and change a prompted image), and label maps may differ only
+on rare exact ties.
 """
 
 from __future__ import annotations
@@ -29,31 +30,39 @@ def voc(tmp_path_factory):
 Q = 6  # queries per image (of the 20 VOC names) and 3 of the 15 templates: keeps the reference mode cheap
 
 
-def build(impl: str, theta: float, post: str, cam: str = "clip_es", quirk: bool = True):
+def build(impl: str, theta: float, post: str, cam: str = "clip_es", quirk: bool = True, fidelity: str = "official"):
     cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/car.yaml"), OmegaConf.load(ROOT / "conf/dataset/voc.yaml").model)
     cfg.proposal = cfg.classifier = "tiny_random"
     cfg.templates = cfg.templates[:3]
-    cfg.update({"impl": impl, "confidence_threshold": theta, "cam": cam, "cam_text_quirk": quirk})
+    cfg.update({"impl": impl, "confidence_threshold": theta, "cam": cam, "cam_text_quirk": quirk, "fidelity": fidelity})
     return build_segmenter(OmegaConf.to_container(cfg), {"name": post})
 
 
 @pytest.mark.parametrize(
-    "theta, cam, quirk", [(0.0, "clip_es", True), (0.06, "clip_es", True), (0.0, "gradcam", False)]
+    "theta, cam, quirk, fidelity",
+    [(0.0, "clip_es", True, "official"), (0.06, "clip_es", True, "official"), (0.06, "clip_es", True, "clean"),
+     (0.0, "gradcam", False, "official"), (0.0, "gradcam", False, "clean")],
 )
-def test_fast_equals_reference_on_soft_maps_scores_and_labels(voc, theta, cam, quirk):
-    fast, ref = build("fast", theta, "none", cam, quirk), build("reference", theta, "none", cam, quirk)
+def test_fast_equals_reference_on_soft_maps_scores_and_labels(voc, theta, cam, quirk, fidelity):
+    fast = build("fast", theta, "none", cam, quirk, fidelity)
+    ref = build("reference", theta, "none", cam, quirk, fidelity)
     for i in range(len(voc)):
         s = voc[i]
         a, b = fast.segment(s.image, s.queries[:Q]), ref.segment(s.image, s.queries[:Q])
         assert a.kept == b.kept
         assert [t["alive"] for t in a.trace] == [t["alive"] for t in b.trace]
-        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
-        np.testing.assert_allclose(a.masks, b.masks, atol=1e-4)
+        # The batched and per-query gradients differ in the last bits; the min-max after the affinity
+        # smoothing amplifies that to up to 1.1e-4 on the maps (measured, 2 threads, clean settings;
+        # docs/method.md §5.5). Such a difference can flip one pixel at η, which changes a prompted
+        # image and moves that query's score by up to ~6e-4.
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
+        np.testing.assert_allclose(a.masks, b.masks, atol=2e-4)
         assert (a.labels != b.labels).mean() < 1e-3  # only exact ties at the 0.5 threshold may flip
 
 
-def test_fast_equals_reference_with_crf(voc):
-    fast, ref = build("fast", 0.2, "crf"), build("reference", 0.2, "crf")
+@pytest.mark.parametrize("fidelity", ["official", "clean"])
+def test_fast_equals_reference_with_crf(voc, fidelity):
+    fast, ref = build("fast", 0.2, "crf", fidelity=fidelity), build("reference", 0.2, "crf", fidelity=fidelity)
     s = voc[0]
     a, b = fast.segment(s.image, s.queries[:Q]), ref.segment(s.image, s.queries[:Q])
     assert a.kept == b.kept

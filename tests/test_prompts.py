@@ -114,8 +114,9 @@ def _only_red_added(image: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def _geometry(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Centre as the default (official) rule computes it: the truncated centroid."""
     ys, xs = np.nonzero(mask)
-    cx, cy = int(round(xs.mean())), int(round(ys.mean()))
+    cx, cy = int(xs.mean()), int(ys.mean())
     return cx, cy, (xs.max() - xs.min() + 1) // 2, (ys.max() - ys.min() + 1) // 2
 
 

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from carbench.models.proposals.clip_es import ClipESProposer, affinity, box_mask, minmax
 
 
-def reference_gradcam(bb, image, texts, bg):
-    """Grad-CAM the way pytorch-grad-cam does it: hooks on the last block's ln_1, one backward per query."""
-    x = bb.to_input(image)
+def reference_gradcam(bb, x, texts, bg):
+    """Grad-CAM the way pytorch-grad-cam does it: hooks on the last block's ln_1, one backward per query.
+
+    x: the normalised CAM input [1, 3, H', W'] (the proposer's `cam_input`).
+    """
     tokens, grid = bb.embed(x)
     store = {}
 
@@ -45,7 +47,7 @@ def test_batched_gradcam_equals_per_query_hook_reference(tiny_backbone, scene):
     texts, bg = ["cat", "red box", "dog"], ["sky", "ground"]
     prop = ClipESProposer(tiny_backbone, bg, refine=False)
     ours = prop.propose(scene, texts)
-    ref = reference_gradcam(tiny_backbone, scene, texts, bg).numpy()
+    ref = reference_gradcam(tiny_backbone, prop.cam_input(scene), texts, bg).numpy()
     h, w = scene.shape[:2]
     import cv2
 
@@ -79,7 +81,8 @@ def test_box_mask_covers_bounding_boxes_of_confident_regions():
     np.testing.assert_array_equal(m, expect)
     # nothing above λ·max → λ is lowered until something survives
     flat = np.full((4, 4), 0.5, np.float32)
-    assert box_mask(flat, 1.0).all()
+    assert box_mask(flat, 1.0, box_end_quirk=False).all()
+    assert box_mask(flat, 1.0).sum() == 9  # official: the grid-wide box loses its last row and column
     assert not box_mask(np.zeros((4, 4), np.float32), 0.4).any()
 
 

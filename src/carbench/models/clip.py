@@ -403,6 +403,7 @@ class ClipBackbone:
         self._text_cache: dict[str, torch.Tensor] = {}
         self._warned: set[str] = set()
         self.cache_text = True  # False = the official structure: re-encode every string on every call
+        self.pos_embed_fp16 = False  # True = round the positional table to fp16 as the official code does
         self.text_encodes = 0  # number of strings actually run through the text tower (for tests/bench)
         self.mask_embedding: torch.Tensor | None = None  # OVSeg mask-prompt tokens [depth, grid², width]
 
@@ -461,16 +462,23 @@ class ClipBackbone:
         return (x - self.mean) / self.std
 
     def _pos_embed(self, gh: int, gw: int) -> torch.Tensor:
-        """Positional embeddings for a gh×gw grid: bilinear interpolation of the patch part, CLS kept."""
+        """Positional embeddings for a gh×gw grid: bilinear interpolation of the patch part, CLS kept.
+
+        `pos_embed_fp16` (set by the model factory): the official code always re-interpolates the
+        table (even to the native grid) and stores the result, CLS row included, in fp16; on an fp32
+        run that rounds every entry to half precision. Precision only (docs/method.md §5.2).
+        """
         pos = self.visual.positional_embedding
         g0h, g0w = self.visual.grid_size
-        if (gh, gw) == (g0h, g0w):
-            return pos
-        cls, patch = pos[:1], pos[1:]
-        patch = patch.reshape(1, g0h, g0w, -1).permute(0, 3, 1, 2)
-        patch = F.interpolate(patch.float(), size=(gh, gw), mode="bilinear", align_corners=False)
-        patch = patch.permute(0, 2, 3, 1).reshape(gh * gw, -1).to(pos.dtype)
-        return torch.cat([cls, patch], 0)
+        if (gh, gw) != (g0h, g0w):
+            cls, patch = pos[:1], pos[1:]
+            patch = patch.reshape(1, g0h, g0w, -1).permute(0, 3, 1, 2)
+            patch = F.interpolate(patch.float(), size=(gh, gw), mode="bilinear", align_corners=False)
+            patch = patch.permute(0, 2, 3, 1).reshape(gh * gw, -1).to(pos.dtype)
+            pos = torch.cat([cls, patch], 0)
+        if self.pos_embed_fp16:
+            pos = pos.half().to(self.visual.positional_embedding.dtype)
+        return pos
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patchify + CLS + positional embedding + ln_pre → tokens [B, 1+h·w, width] and the grid."""

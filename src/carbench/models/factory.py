@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from carbench.models.classifier import MaskClassifier
 from carbench.models.clip import ClipBackbone, load_clip
+from carbench.models.fidelity import resolve_fidelity
 from carbench.models.presets import get_preset
 from carbench.models.proposals.clip_es import ClipESProposer
 from carbench.models.recurrent import CaR, PostProcess
@@ -90,6 +91,7 @@ def build_car(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Backbo
         raise ValueError(f"unknown model.cam {cam!r}; valid: {', '.join(CAM_TYPES)}")
     for key in ("proposal", "classifier"):  # config errors before any weights are loaded
         get_preset(cfg[key])
+    quirks = resolve_fidelity(cfg)  # model.fidelity + the per-behaviour switches (models/fidelity.py)
     proposer = ClipESProposer(
         pool.get(cfg["proposal"], cfg.get("proposal_pretrained")),
         background_queries=cfg.get("background_queries") or (),
@@ -98,6 +100,8 @@ def build_car(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Backbo
         cam_template=cfg.get("cam_template", "a clean origami {}."),
         affinity_blocks=cfg.get("affinity_blocks", 8),
         query_chunk=1 if ref else cfg.get("query_chunk", 32),
+        box_end_quirk=quirks["box_end_quirk"],
+        pil_resize=quirks["cam_pil_resize_quirk"],
     )
     classifier = MaskClassifier(
         pool.get(cfg["classifier"], cfg.get("classifier_pretrained")),
@@ -109,6 +113,7 @@ def build_car(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Backbo
     )
     for bb in (proposer.backbone, classifier.backbone):
         bb.cache_text = not ref
+        bb.pos_embed_fp16 = quirks["pos_embed_fp16_quirk"]
     return CaR(
         proposer,
         classifier,
@@ -118,10 +123,15 @@ def build_car(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Backbo
         postprocess=postprocess,
         max_steps=cfg.get("max_steps"),
         cam_text_quirk=cfg.get("cam_text_quirk", True),
-        prompt_kwargs={"gray_bgr_quirk": cfg.get("gray_bgr_quirk", True)},
+        prompt_kwargs={
+            "gray_bgr_quirk": cfg.get("gray_bgr_quirk", True),
+            "centroid_trunc_quirk": quirks["centroid_trunc_quirk"],
+        },
         reuse_unchanged_step=not ref,
         amp=str(cfg.get("amp", "auto")),
         postprocess_workers=0 if ref else post_workers(cfg.get("postprocess_workers", "auto"), pool.device),
+        fallback_unfiltered_quirk=quirks["fallback_unfiltered_quirk"],
+        crf_one_hot_quirk=quirks["crf_one_hot_quirk"],
     )
 
 
@@ -189,12 +199,19 @@ def _precomputed(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Bac
     return build_precomputed(cfg, postprocess, pool)
 
 
+def _reco(cfg: dict[str, Any], postprocess: PostProcess | None, pool: BackbonePool) -> Segmenter:
+    from carbench.reco.build import build_reco
+
+    return build_reco(cfg, postprocess, pool)
+
+
 MODELS: dict[str, Callable[[dict[str, Any], PostProcess | None, BackbonePool], Segmenter]] = {
     "car": build_car,
     "clip_es": _clip_es,
     "dense_clip": build_dense_clip,
     "ovseg": build_ovseg,
     "precomputed": _precomputed,
+    "reco": _reco,
 }
 
 

@@ -12,12 +12,16 @@ circle would soften the red outline, which the official code never does).
   swapped); ``False`` uses the correct RGB→GRAY weights.
 - black: pixels outside the mask set to 0 ("mask" in the paper).
 - circle: ellipse outline centred at the mask's pixel centroid, semi-axes (bbox_w//2, bbox_h//2).
-- rectangle: box outline of the same half-sizes around the centroid.
+  ``centroid_trunc_quirk=True`` reproduces the official code, which truncates the centroid to an
+  integer (``int(mean)``); ``False`` rounds it to the nearest pixel (docs/method.md §5.2).
+- rectangle: box outline of the same half-sizes around the centroid (same centroid rule).
 - contour: holes filled, then the mask's outer contours drawn.
 
 Empty mask: circle / rectangle / contour draw nothing (there is nothing to outline), while
 blur / gray / black treat every pixel as "outside" and so alter the whole image — this is what
-the official masking arithmetic does with an all-zero mask, kept for fidelity.
+the official masking arithmetic does with an all-zero mask, kept for fidelity. Drawing nothing
+for the outlines is a deliberate departure: the official centroid of an empty mask is
+``int(nan)``, which raises, so that code cannot process such a proposal at all (docs/method.md §5.4).
 """
 
 from __future__ import annotations
@@ -73,13 +77,18 @@ def _check_inputs(image: np.ndarray, mask: np.ndarray) -> None:
         )
 
 
-def _centre_and_half_sizes(mask: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Pixel centroid (x, y) rounded to int, and (bbox_w//2, bbox_h//2) of a non-empty mask.
+def _centre_and_half_sizes(
+    mask: np.ndarray, trunc: bool = True
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Pixel centroid (x, y) as int, and (bbox_w//2, bbox_h//2) of a non-empty mask.
 
-    The bbox width/height are pixel extents (x_max − x_min + 1), as `cv2.boundingRect` reports.
+    `trunc=True` truncates the centroid (the official ``int(mean)``; coordinates are ≥ 0, so this
+    is a floor), False rounds it. The bbox width/height are pixel extents (x_max − x_min + 1), as
+    `cv2.boundingRect` reports.
     """
     ys, xs = np.nonzero(mask)
-    cx, cy = int(round(float(xs.mean()))), int(round(float(ys.mean())))
+    mx, my = float(xs.mean()), float(ys.mean())
+    cx, cy = (int(mx), int(my)) if trunc else (int(round(mx)), int(round(my)))
     bw = int(xs.max() - xs.min() + 1)
     bh = int(ys.max() - ys.min() + 1)
     return (cx, cy), (bw // 2, bh // 2)
@@ -99,6 +108,7 @@ def apply_visual_prompts(
     prompts: Sequence[str],
     *,
     gray_bgr_quirk: bool = True,
+    centroid_trunc_quirk: bool = True,
     blur_kernel: int = 15,
     color: tuple[int, int, int] = RED,
     thickness: int = 1,
@@ -122,7 +132,7 @@ def apply_visual_prompts(
     out = np.ascontiguousarray(image).copy()
     inside = mask[..., None]
     nonempty = bool(mask.any())
-    geometry = _centre_and_half_sizes(mask) if nonempty else None
+    geometry = _centre_and_half_sizes(mask, centroid_trunc_quirk) if nonempty else None
 
     for name in order:
         if name == "blur":

@@ -5,13 +5,22 @@ starts at 0, so there are at least two stages). A stage that keeps nothing keeps
 instead, so the set never empties. `max_steps` is an optional safety cap (default None, like the
 paper); when the cap ends the loop the output is that stage's proposals for the queries it was
 given, unfiltered — so `max_steps=1` is the paper's "no recurrence" row of Table 2.
+
+Two official-code fallbacks are switches (docs/method.md §5.2; both default to the official code):
+- `fallback_unfiltered_quirk`: when every proposal of a stage is empty, the official code keeps
+  prompting and scoring that stage's own (empty) proposals, and only the maps passed on to the
+  post-processing fall back to the previous stage's *unfiltered* proposals (all of that stage's
+  queries, in order; nothing at stage 1). The survivors then take the first of those maps in
+  order, which need not be their own. False (clean): the previous stage's maps of the surviving
+  queries replace the empty ones before prompting, so each query keeps its own map.
+- `crf_one_hot_quirk`: the official one-hot after the CRF drops trailing queries that win no pixel
+  (quirk D, see postprocess/crf.py), so they lose their mask and their score.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -19,9 +28,11 @@ import torch
 
 from carbench.models.classifier import MaskClassifier
 from carbench.models.labels import assemble_semantic_labels
+from carbench.models.postprocess.crf import one_hot_channels
 from carbench.models.postprocess.pool import PostprocessPool
 from carbench.models.prompts import prompt_images, validate_prompts
 from carbench.models.proposals.clip_es import ClipESProposer
+from carbench.models.queries import check_background_queries, check_query_list
 from carbench.types import Prediction
 
 AMP_DTYPES = {"auto": None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,21 +43,8 @@ QUERY_HINT = "the queries come from the dataset (dataset.queries) or the caller 
 
 
 def check_queries(queries: Sequence[str]) -> list[str]:
-    """The query list as a list, or a ValueError naming what is wrong with it and where queries come from."""
-    if isinstance(queries, str):  # a bare string would otherwise be read as one query per character
-        raise ValueError(f"queries must be a list of strings, got the string {queries!r}; wrap it: [{queries!r}]")
-    if len(queries) == 0:
-        raise ValueError(f"the query list is empty: CaR needs at least one text query ({QUERY_HINT})")
-    bad = [q for q in queries if not isinstance(q, str) or not q.strip()]
-    if bad:
-        raise ValueError(f"queries must be non-empty strings, got {bad!r}; remove or fix them ({QUERY_HINT})")
-    dups = [q for q, n in Counter(queries).items() if n > 1]
-    if dups:
-        raise ValueError(
-            f"duplicate queries {sorted(set(dups))!r}: each query must appear once (two identical queries split "
-            f"one object's score between them); remove or rename the duplicates ({QUERY_HINT})"
-        )
-    return list(queries)
+    """The query list as a list, or a ValueError naming what is wrong with it (checks in models/queries.py)."""
+    return check_query_list(queries, "queries", QUERY_HINT)
 
 
 def check_unit_interval(name: str, value: object) -> float:
@@ -75,6 +73,8 @@ class CaR:
         reuse_unchanged_step: bool = True,
         amp: str = "auto",
         postprocess_workers: int = 0,
+        fallback_unfiltered_quirk: bool = True,
+        crf_one_hot_quirk: bool = True,
     ) -> None:
         mask_threshold = check_unit_interval("model.mask_threshold (η)", mask_threshold)
         confidence_threshold = check_unit_interval("model.confidence_threshold (θ)", confidence_threshold)
@@ -90,6 +90,8 @@ class CaR:
         self.cam_text_quirk = cam_text_quirk
         self.prompt_kwargs = prompt_kwargs or {}
         self.reuse_unchanged_step = reuse_unchanged_step
+        self.fallback_unfiltered_quirk = fallback_unfiltered_quirk
+        self.crf_one_hot_quirk = crf_one_hot_quirk
         if amp not in AMP_DTYPES:
             raise ValueError(f"unknown model.amp {amp!r}; set model.amp to one of: {', '.join(AMP_DTYPES)}")
         self.amp = amp
@@ -118,13 +120,19 @@ class CaR:
         self.classifier.backbone.encode_text(queries, self.classifier.templates)
 
     def run_loop(self, image: np.ndarray, queries: Sequence[str]):
-        """The recurrence alone: returns (alive indices, their maps [n,H,W], their scores, trace)."""
+        """The recurrence alone: returns (alive indices, maps, their scores, trace).
+
+        The maps are those handed to the post-processing: one per alive query, except after the
+        official all-empty fallback, which hands on the previous stage's unfiltered maps (more
+        rows than alive queries; `_assemble` pairs them in order, as the official code does).
+        """
         alive = list(range(len(queries)))
         prev_kept = 0
-        prev_maps: np.ndarray | None = None
+        prev_maps: np.ndarray | None = None  # clean fallback: previous stage's maps of the survivors
+        prev_out: np.ndarray | None = None  # official fallback: previous stage's maps as handed on
         trace: list[dict] = []
         step = 0
-        last: tuple[list[str], np.ndarray, np.ndarray] | None = None
+        last: tuple[list[str], np.ndarray, np.ndarray, list[np.ndarray]] | None = None
         while True:
             step += 1
             names = [queries[i] for i in alive]
@@ -133,18 +141,22 @@ class CaR:
             if self.reuse_unchanged_step and last is not None and last[0] == texts:
                 # Same CAM texts as the step before (all survived, no quirk-A template switch): the
                 # maps and scores would be recomputed bit for bit, so reuse them.
-                _, maps, scores = last
+                _, maps, scores, prompted = last
                 t1 = t2 = t3 = time.perf_counter()
             else:
                 maps = self.proposer.propose(image, texts)
-                if prev_maps is not None and not maps.any():  # official safety fallback
-                    maps = prev_maps
+                if not self.fallback_unfiltered_quirk and prev_maps is not None and not maps.any():
+                    maps = prev_maps  # clean fallback: before prompting, the survivors' own maps
                 t1 = time.perf_counter()
                 prompted = prompt_images(image, maps, self.prompts, self.eta, **self.prompt_kwargs)
                 t2 = time.perf_counter()
                 scores = self.classifier.score(prompted, names)
                 t3 = time.perf_counter()
-            last = (texts, maps, scores)
+            last = (texts, maps, scores, prompted)
+            out = maps
+            if self.fallback_unfiltered_quirk and prev_out is not None and not maps.any():
+                out = prev_out  # official fallback: only what is handed on changes
+            prev_out = out
             keep = scores > self.theta
             if not keep.any():
                 keep[int(np.argmax(scores))] = True
@@ -154,13 +166,15 @@ class CaR:
                     "alive": list(alive),
                     "scores": [float(s) for s in scores],
                     "kept": [a for a, k in zip(alive, keep, strict=True) if k],
+                    "maps": maps,  # n×H×W proposals and the prompted images the classifier saw:
+                    "prompted": prompted,  # what the demo's and overlays' per-step panels draw
                     "time": {"cam": t1 - t0, "prompts": t2 - t1, "classifier": t3 - t2},
                 }
             )
             n_kept = int(keep.sum())
             converged = n_kept == prev_kept  # every alive query survived again
             if converged or (self.max_steps is not None and step >= self.max_steps):
-                return alive, maps, scores, trace
+                return alive, out, scores, trace
             prev_kept = n_kept
             alive = [a for a, k in zip(alive, keep, strict=True) if k]
             prev_maps = maps[keep]
@@ -168,6 +182,7 @@ class CaR:
     def _clip_stage(self, image: np.ndarray, queries: list[str]):
         """Everything before post-processing: text warm-up and the recurrence."""
         queries = check_queries(queries)
+        check_background_queries(queries, getattr(self.proposer, "background_queries", ()))
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be H×W×3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
         t0 = time.perf_counter()
@@ -179,13 +194,21 @@ class CaR:
         trace[0]["time"]["text"] = t_text
         return queries, alive, maps, scores, trace
 
-    @staticmethod
-    def _assemble(image, queries, alive, final, scores, trace, t_post: float) -> Prediction:
+    def _assemble(self, image, queries, alive, final, scores, trace, t_post: float) -> Prediction:
+        """Scatter the final maps and scores back to the original query order.
+
+        Maps pair with the alive queries in order; with more maps than queries (official fallback)
+        the extra ones are unused, and with the CRF one-hot quirk the queries after the last one
+        that won a pixel get no map, and so (official) no score either.
+        """
         h, w = image.shape[:2]
         masks = np.zeros((len(queries), h, w), np.float32)
         full_scores = np.zeros(len(queries), np.float32)
-        masks[alive] = final
-        full_scores[alive] = scores
+        n = min(len(alive), len(final))
+        if self.crf_one_hot_quirk and self.postprocess is not None:
+            n = min(n, one_hot_channels(final))
+        masks[alive[:n]] = final[:n]
+        full_scores[alive[:n]] = scores[:n]
         trace[-1]["time"]["postprocess"] = t_post
         labels = assemble_semantic_labels(masks, full_scores)
         return Prediction(labels=labels, masks=masks, scores=full_scores, kept=list(alive), trace=trace)

@@ -14,9 +14,12 @@ Quirks (both switchable or fixed, never silent):
   mean (104.008, 116.669, 122.675) cast to uint8, so negative values wrap around (dark pixels
   become bright). `caffe_wrap=True` reproduces that byte for byte (C truncation toward zero,
   then modulo 256, which is what NumPy's float→uint8 cast does on x86); `False` feeds raw RGB.
-- D (fixed here): the official one-hot infers its class count from the labels present, so if
-  the highest-index query wins no pixel it silently returns fewer channels. We always return
-  exactly K masks, an empty one for a query that wins nothing.
+- D: the official one-hot infers its class count from the labels present, so when the
+  highest-index queries win no pixel it returns fewer channels, and those trailing queries lose
+  their mask and their score. The functions here always return exactly K masks (an empty one for
+  a query that wins nothing); `one_hot_channels` says how many the official code would have
+  returned, and the model applies that loss when `model.crf_one_hot_quirk` is on
+  (docs/method.md §5.2).
 """
 
 from __future__ import annotations
@@ -108,6 +111,19 @@ def crf_semantic(image: np.ndarray, maps: np.ndarray, params: CRFParams) -> np.n
     bg = (1.0 - fg.max(0, keepdims=True)) ** params.bg_factor
     labels = _infer(image, np.concatenate([bg, fg], 0), params)
     return labels[None] == np.arange(1, fg.shape[0] + 1)[:, None, None]
+
+
+def one_hot_channels(masks: np.ndarray) -> int:
+    """Number of query masks the official one-hot keeps for K exclusive masks (quirk D).
+
+    It is the index of the last query that wins at least one pixel, plus one (0 when no query wins
+    any: the official code then has no mask at all and fails; carbench draws nothing).
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be K×H×W, got shape {masks.shape}")
+    won = np.flatnonzero(masks.reshape(masks.shape[0], -1).any(1))
+    return int(won[-1]) + 1 if won.size else 0
 
 
 def crf_binary(image: np.ndarray, prob: np.ndarray, params: CRFParams) -> np.ndarray:

@@ -6,6 +6,12 @@ min-max normalised; then (CLIP-ES) refined by a Sinkhorn-normalised, symmetrised
 attention affinity restricted to the boxes around the CAM's confident regions.
 `refine=False` gives plain Grad-CAM (the paper's Table 2 ablation).
 
+Two official-code behaviours are switches here (docs/method.md §5.2, both default to the official code):
+- `box_end_quirk`: the official box end is clipped to size − 1 and then used as an exclusive slice
+  end, so a box that touches the right (bottom) edge of the patch grid loses its last column (row).
+- `pil_resize`: the image is brought to a multiple of the patch size by resizing the uint8 image
+  with PIL's bicubic filter (so the CAM input is quantised to 8 bits), not by interpolating floats.
+
 Cost per call: one no-grad pass through blocks 1..L−1, then the last block is run once on a
 batch that replicates its input once per query, so ONE backward yields every query's gradient
 (each replica only influences its own query's output). This is output-identical to one backward
@@ -14,12 +20,14 @@ per query, which is what the official code does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from carbench.models.clip import ClipBackbone, _block_forward
 
@@ -34,12 +42,15 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     return ((flat - lo) / (hi - lo + EPS)).view_as(x)
 
 
-def box_mask(cam: np.ndarray, lam: float) -> np.ndarray:
+def box_mask(cam: np.ndarray, lam: float, box_end_quirk: bool = True) -> np.ndarray:
     """Patch-level boolean mask of the bounding boxes around the CAM's regions above λ·max.
 
     The CAM is quantised to uint8 (0..255) and thresholded strictly at int(λ·max) like OpenCV's
     THRESH_BINARY; every external and internal contour contributes its bounding box. If nothing
-    survives, λ is lowered by 0.1 until something does (car-method.md §1.3).
+    survives, λ is lowered by 0.1 until something does (docs/method.md §1.3).
+    `box_end_quirk=True` clips each box's exclusive end to (width − 1, height − 1) as the official
+    code does, so a box reaching the grid's right or bottom edge loses that last column or row;
+    False covers the whole box.
     """
     gray = (np.clip(cam, 0, 1) * 255).astype(np.uint8)
     out = np.zeros(cam.shape, dtype=bool)
@@ -53,9 +64,13 @@ def box_mask(cam: np.ndarray, lam: float) -> np.ndarray:
         if contours or t <= 0:
             break
         t -= 0.1
+    rows, cols = cam.shape
     for c in contours:
         x, y, w, h = cv2.boundingRect(c)
-        out[y : y + h, x : x + w] = True
+        x1, y1 = x + w, y + h
+        if box_end_quirk:
+            x1, y1 = min(x1, cols - 1), min(y1, rows - 1)
+        out[y:y1, x:x1] = True
     return out
 
 
@@ -85,6 +100,8 @@ class ClipESProposer:
         cam_template: str = "a clean origami {}.",
         affinity_blocks: int = 8,
         query_chunk: int = 32,
+        box_end_quirk: bool = True,
+        pil_resize: bool = True,
     ) -> None:
         if not 0.0 <= clipes_threshold <= 1.0:
             raise ValueError(f"clipes_threshold (λ) must be in [0, 1], got {clipes_threshold}")
@@ -95,6 +112,24 @@ class ClipESProposer:
         self.cam_template = cam_template
         self.affinity_blocks = affinity_blocks
         self.query_chunk = query_chunk
+        self.box_end_quirk = box_end_quirk
+        self.pil_resize = pil_resize
+
+    def cam_input(self, image: np.ndarray) -> torch.Tensor:
+        """The normalised CAM input [1, 3, H', W'], H' and W' the next multiples of the patch size.
+
+        `pil_resize=True` resizes the uint8 image with PIL's bicubic filter first (the result is
+        quantised back to 8 bits, as the official code's torchvision-on-PIL transform does);
+        False lets the backbone interpolate the float image.
+        """
+        if not self.pil_resize:
+            return self.backbone.to_input(image)
+        h, w = image.shape[:2]
+        p = self.backbone.patch_size
+        size = (math.ceil(w / p) * p, math.ceil(h / p) * p)  # PIL takes (width, height)
+        if size != (w, h):
+            image = np.array(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.BICUBIC))
+        return self.backbone.to_input(image)
 
     def text_matrix(self, fg_texts: Sequence[str], with_bg: bool = True) -> torch.Tensor:
         """[fg ; bg] normalised text embeddings; bg always carries the CAM template."""
@@ -136,7 +171,7 @@ class ClipESProposer:
         h, w = image.shape[:2]
         L = len(bb.blocks)
         with torch.no_grad():
-            tokens, grid = bb.embed(bb.to_input(image))
+            tokens, grid = bb.embed(self.cam_input(image))
             first_attn = max(0, L - self.affinity_blocks) if self.refine else None
             x_in, attn_maps = bb.run_blocks(tokens, 0, L - 1, attn_from=first_attn)
             a_in = bb.blocks[-1].ln_1(x_in)
@@ -154,7 +189,7 @@ class ClipESProposer:
             trans = affinity(attn_maps)
             refined = []
             for cam in cams:
-                mask = torch.from_numpy(box_mask(cam.cpu().numpy(), self.lam)).to(trans.device)
+                mask = torch.from_numpy(box_mask(cam.cpu().numpy(), self.lam, self.box_end_quirk)).to(trans.device)
                 r = (trans * mask.flatten()[None, :].float()) @ cam.flatten()
                 refined.append(r.view(grid))
             cams = minmax(torch.stack(refined))
