@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -12,9 +13,14 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     from carbench.engine.evaluate import run_evaluation  # heavy imports after Hydra parsed the CLI
+    from carbench.engine.interrupts import RunInterrupted
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = run_evaluation(cfg, out_dir)
+    try:
+        results = run_evaluation(cfg, out_dir)
+    except RunInterrupted as stop:  # Ctrl-C / SIGTERM: one line, what is kept and how to go on, no traceback
+        print(f"\n{stop.message}", file=sys.stderr, flush=True)  # on its own line, after any progress bar
+        sys.exit(stop.exit_code)
     print(f"mIoU {results['metrics']['mIoU']:.2f} over {results['num_images']['evaluated']} images "
           f"-> {Path(results['run_dir']) / 'results.json'}")
     return float(results["metrics"]["mIoU"])  # the value Hydra sweepers optimise

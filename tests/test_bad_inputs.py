@@ -10,6 +10,7 @@ issue's closing note).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -26,13 +27,17 @@ from PIL import Image
 
 from carbench.data import VOCSegmentation, build_dataset
 from carbench.data.fixtures import write_voc_fixture
+from carbench.data.generated import NotOurFolderError
 from carbench.data.voc_format import VOC_PALETTE
+from carbench.engine.config_check import ConfigKeyError, check_int_values, check_keys
 from carbench.engine.progress import PROGRESS_FILE, Progress, ResumeError
+from carbench.engine.run_lock import RunDirLockedError
 from carbench.metrics import ReferringIoU, SemanticIoU
 from carbench.models.clip import PretrainedWeightsError, UnsafeCheckpointError, load_clip, resolve_device
 from carbench.models.presets import get_preset
 from carbench.models.prompts import prompt_images, validate_prompts
 from carbench.models.recurrent import CaR, check_queries
+from carbench.runs import ResultsFileError
 from carbench.toy.model import ToyWeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -418,8 +423,7 @@ def _(ctx):
 
 @case("model_key_typo_on_cli", "a misspelt model key on the command line", ConfigCompositionException,
       [r"Could not override 'model\.confidance_threshold'"], [r"use \+model\.confidance_threshold=0\.5"],
-      note="Hydra's own message. Its '+' advice is wrong for a typo: build_car would then ignore the unknown "
-           "key silently (a factory change is proposed in the issue).")
+      note="Hydra's own message. Following its '+' advice for a typo is refused too: see plus_key_typo.")
 def _(ctx):
     from hydra import compose, initialize_config_dir
 
@@ -615,11 +619,97 @@ def _(ctx):
 
 
 @case("resume_config_changed", "resuming a run dir with different overrides", ResumeError,
-      [r"holds a run with a different config \(hash abc vs def\)"],
-      [r"resume with the exact same overrides, or use a new run dir"])
+      [r"config keys differ: model\.confidence_threshold: 0\.6 → 0\.3"],
+      [r"resume with the exact same overrides and data, or use a new run dir"])
 def _(ctx):
-    run = _progress(ctx, [HEADER, OK % 0])
-    Progress.open(run, "def")
+    from carbench.engine.run_identity import header
+
+    data = {"ids": ["a"], "files": None}
+    old = header({"model": {"confidence_threshold": 0.6}}, data, "abc")
+    run = _progress(ctx, [json.dumps(old), OK % 0])
+    Progress.open(run, "def", header=header({"model": {"confidence_threshold": 0.3}}, data, "def"))
+
+
+@case("resume_split_resorted", "resuming after the split file was re-sorted", ResumeError,
+      [r"the dataset changed: the split was re-ordered \(index 0: a → b; 1: b → a\)"],
+      [r"resume with the exact same overrides and data, or use a new run dir"])
+def _(ctx):
+    from carbench.engine.run_identity import header
+
+    cfg = {"model": {"confidence_threshold": 0.6}}
+    run = _progress(ctx, [json.dumps(header(cfg, {"ids": ["a", "b"], "files": None}, "abc")), OK % 0])
+    Progress.open(run, "def", header=header(cfg, {"ids": ["b", "a"], "files": None}, "def"))
+
+
+@case("plus_key_typo", "a misspelt key added with + (what Hydra's own error suggests)", ConfigKeyError,
+      [r"unknown config key 'model\.confidance_threshold'"], [r"did you mean 'model\.confidence_threshold'\?"])
+def _(ctx):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["+model.confidance_threshold=0.5"])
+    check_keys(OmegaConf.to_container(cfg, resolve=True))
+
+
+@case("seed_not_an_integer", "seed=1.7 (would silently run as seed 1)", ValueError,
+      [r"seed must be an integer ≥ 0, got 1\.7 \(float\)"], [r"set e\.g\. seed=1"])
+def _(ctx):
+    check_int_values({"seed": 1.7, "num_workers": 0, "threads": None})
+
+
+@case("background_query_is_a_class", "a background query equal to a class query", ValueError,
+      [r"background queries \['bird'\] are also class queries"], [r"remove them from model\.background_queries"])
+def _(ctx):
+    from carbench.models.queries import check_background_queries
+
+    check_background_queries(["bird", "cat"], ["sky", "bird"])
+
+
+@case("empty_background_query", "an empty background query", ValueError,
+      [r"background queries must be non-empty strings, got \[' '\]"], [r"model\.background_queries"])
+def _(ctx):
+    from carbench.models.queries import check_background_queries
+
+    check_background_queries(["bird"], ["sky", " "])
+
+
+@case("split_file_utf16", "a split file saved as UTF-16", ValueError,
+      [r"val\.txt is UTF-16 encoded"], [r"iconv -f UTF-16 -t UTF-8"])
+def _(ctx):
+    split = ctx.voc() / "ImageSets" / "Segmentation" / "val.txt"
+    split.write_bytes(split.read_text().encode("utf-16"))
+    VOCSegmentation(ctx.voc())
+
+
+@case("toy_root_not_ours", "dataset.root of the default toy dataset pointing at a real dataset", NotOurFolderError,
+      [r"VOC2012 holds files that the toy generator did not write"], [r"dataset=voc"])
+def _(ctx):
+    from carbench.data.toy import toy_dataset
+
+    toy_dataset(ctx.voc(), n=2)
+
+
+@case("run_dir_locked", "a second run into a run dir a live run owns", RunDirLockedError,
+      [r"in use by another run \(pid \d+\)"], [r"use another hydra\.run\.dir"])
+def _(ctx):
+    import os
+
+    from carbench.engine import run_lock
+
+    owner = os.getppid()
+    (ctx.tmp / run_lock.LOCK_FILE).write_text(json.dumps(
+        {"pid": owner, "host": os.uname().nodename, "start": run_lock._start_time(owner)}))
+    run_lock.acquire(ctx.tmp)
+
+
+@case("results_json_cut_short", "carbench.regress / report on a cut-short results.json", ResultsFileError,
+      [r"results\.json is not valid JSON"], [r"rerun that run to rewrite it"])
+def _(ctx):
+    from carbench.runs import load_results
+
+    (ctx.tmp / "results.json").write_text('{"metrics": {"mIoU": 4')
+    load_results(ctx.tmp / "results.json")
 
 
 @case("resume_record_not_an_object", "a progress line that is JSON but not an object", ResumeError,
@@ -805,7 +895,15 @@ def _inventory() -> str:
         "(killed while writing its header) is started afresh "
         "(`tests/test_bad_inputs.py::test_progress_log_without_a_complete_line_starts_afresh`);\n"
         "- a malicious pickle / TorchScript checkpoint is refused with `UnsafeCheckpointError` "
-        "(`tests/test_safe_loading.py`).\n\n"
+        "(`tests/test_safe_loading.py`);\n"
+        "- a split file with a UTF-8 byte-order mark is read (the mark is dropped); UTF-16 is refused "
+        "(`tests/test_reliability.py::test_split_file_with_a_bom_is_read_and_utf16_is_refused_with_the_fix`);\n"
+        "- images are read as stored, never EXIF-rotated (as the official code and mmseg do); a label drawn on "
+        "the rotated view is refused naming the EXIF orientation "
+        "(`tests/test_reliability.py::test_label_of_the_exif_rotated_view_names_exif_orientation`);\n"
+        "- Ctrl-C / SIGTERM stop a run with `N of M images kept in DIR; rerun with resume=true` and exit "
+        "128+signal; runs killed at random points resume to the uninterrupted metrics "
+        "(`tests/test_kill_resume.py`).\n\n"
         f"## Summary ({len(CASES)} inputs)\n\n| bad input | exception | test | also |\n|---|---|---|---|\n"
     )
     return head + "\n".join(rows) + "\n\n## Messages\n\n" + "\n".join(details)

@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from carbench.data.fixtures import write_voc_fixture
 from carbench.engine import distributed as dist_util
 from carbench.engine import evaluate as engine
+from carbench.engine.results import json_safe
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -73,7 +74,8 @@ def test_two_gloo_processes_match_one_process_exactly(single, two_proc):
     assert res["num_images"] == {"expected": N_IMAGES, "evaluated": N_IMAGES, "failed": 0, "split_size": N_IMAGES}
     assert res["confusion"] == single["confusion"]  # torchmetrics summed the ranks' states
     assert res["metrics"] == single["metrics"]
-    assert json.dumps(res["per_class_iou"]) == json.dumps(single["per_class_iou"])  # NaN = class absent in both
+    # NaN (class absent in both) is written as null: results.json is strict JSON
+    assert res["per_class_iou"] == json_safe(single["per_class_iou"])
     assert res["per_image"] == single["per_image"]  # same kept queries, in dataset order
 
 
@@ -121,3 +123,28 @@ def test_strided_shards_cover_the_remainder():
     shards = [dist_util.shard(todo, dist_util.DistContext(rank=r, world_size=3)) for r in range(3)]
     assert shards == [[0, 3, 6], [1, 4], [2, 5]]
     assert dist_util.shard(todo, dist_util.DistContext()) == todo
+
+
+def test_ranks_started_at_skewed_times_share_one_run_dir_without_a_race(single, voc_root, tmp_path):
+    """Rank 1 starts first and rank 0 two seconds later (torchrun under load): only rank 0 creates and
+    probes the run dir, the others wait at a barrier, so rank 1 never checks a dir that is not there yet."""
+    import time
+
+    run_dir = tmp_path / "run"
+    port = free_port()
+    procs = {}
+    for rank in (1, 0):
+        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs[rank] = subprocess.Popen(
+            [sys.executable, str(ROOT / "evaluate.py"), f"hydra.run.dir={run_dir}", *overrides(voc_root)],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if rank == 1:
+            time.sleep(2.0)
+    outs = {r: p.communicate(timeout=300) for r, p in procs.items()}
+    for r, p in procs.items():
+        assert p.returncode == 0, f"rank {r}: {outs[r][1][-3000:]}"
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["distributed"]["world_size"] == 2
+    assert res["confusion"] == single["confusion"] and res["metrics"] == single["metrics"]
+    assert not list(run_dir.glob(".write_test*")) and not (run_dir / "run.lock").exists()

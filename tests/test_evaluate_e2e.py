@@ -73,3 +73,50 @@ def test_missing_dataset_root_names_the_path(tmp_path):
     proc = run_evaluate(tmp_path, "dataset=voc", f"dataset.root={tmp_path / 'nowhere'}")
     assert proc.returncode != 0
     assert str(tmp_path / "nowhere") in proc.stderr
+
+
+def test_sigterm_prints_what_is_kept_exits_cleanly_and_leaves_no_worker(tmp_path):
+    """`python evaluate.py` stopped by SIGTERM mid-run: one line naming the kept images and the resume
+    command, exit 128+15, and its DataLoader worker gone with it."""
+    import signal
+    import time
+
+    voc = write_voc_fixture(tmp_path / "data", num_val=12, seed=3, sizes=[(64, 48)])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CARBENCH_OFFLINE="1", OMP_NUM_THREADS="1")
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "evaluate.py"), f"hydra.run.dir={run}", "dataset=voc", f"dataset.root={voc}",
+         "model.proposal=tiny_random", "model.classifier=tiny_random", "device=cpu", "num_workers=1", "threads=1",
+         "postprocess=none"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = run / "progress.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and len(progress.read_text().splitlines()) >= 2:  # header + one finished image
+            break
+        time.sleep(0.1)
+    workers = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+               if p.exists() and _ppid(p) == proc.pid]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    kept = len(progress.read_text().splitlines()) - 1
+    assert f"{kept} of 12 images kept in {run}; rerun with resume=true" in err
+    assert "Traceback" not in err
+    time.sleep(0.5)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists() and not _zombie(w)]
+    assert not (run / "results.json").exists() and not (run / "run.lock").exists()
+
+
+def _ppid(stat: Path) -> int:
+    try:
+        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not files:
             raise FileNotFoundError(f"no results.json in {', '.join(map(str, args.results))}")
         all_results = [runs.load_results(f) for f in files]
-    except (FileNotFoundError, ReportedError, yaml.YAMLError) as err:
+    except (FileNotFoundError, ReportedError, yaml.YAMLError, runs.ResultsFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"against {reported['name']} ({reported['path']}): {reported.get('source') or ''}")

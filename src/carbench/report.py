@@ -99,6 +99,15 @@ def _cell(v: Any, is_axis: bool = False) -> str:
     return str(v)
 
 
+def failed_section(failed: list[dict[str, str]]) -> str:
+    """Markdown list of the jobs that left no usable results.json ('' when none): never dropped silently."""
+    if not failed:
+        return ""
+    lines = [f"\n\n**{len(failed)} failed job(s)** (not in the table):\n"]
+    lines += [f"- `{f['dir']}` ({f['overrides'] or 'no overrides'}): {f['reason']}" for f in failed]
+    return "\n".join(lines)
+
+
 def to_markdown(axes: list[str], rows: list[dict]) -> str:
     if not rows:
         return "(no runs)"
@@ -165,17 +174,26 @@ def report(root: Path, out_dir: Path | None = None, against: str | None = None, 
     """Build and write the report of all runs under `root`; returns paths, axes, rows and markdown."""
     root = Path(root)
     files = runs.find_results(root)
-    if not files:
+    failed = runs.failed_jobs(root)
+    if not files and not failed:
         raise FileNotFoundError(f"no results.json under {root}; is it a run or multirun dir?")
-    results = [runs.load_results(f) for f in files]
+    if root.is_file():  # one named file: an unreadable one is the error itself
+        results = [runs.load_results(root)]
+    else:
+        results = []
+        for f in files:  # in a tree, an unreadable results.json is one more failed job, listed
+            try:
+                results.append(runs.load_results(f))
+            except runs.ResultsFileError as err:
+                failed.append({"dir": str(f.parent), "overrides": "?", "reason": str(err)})
     axes, rows = build_rows(results, root if root.is_dir() else root.parent, against)
     out_dir = Path(out_dir) if out_dir else (root if root.is_dir() else root.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(axes, rows)
+    md = to_markdown(axes, rows) + failed_section(failed)
     (out_dir / "report.md").write_text(md + "\n")
     write_csv(out_dir / "report.csv", rows)
     png = plot(out_dir / "report.png", axes, rows, metric)
-    return {"axes": axes, "rows": rows, "markdown": md, "md": out_dir / "report.md",
+    return {"axes": axes, "rows": rows, "markdown": md, "failed": failed, "md": out_dir / "report.md",
             "csv": out_dir / "report.csv", "png": png}
 
 
@@ -195,19 +213,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not files:
             print(f"error: no results.json under {args.runs}", file=sys.stderr)
             return 2
-        for f in files:
-            print(peers_table(runs.load_results(f), args.peers_file))
+        try:
+            tables = [peers_table(runs.load_results(f), args.peers_file) for f in files]
+        except runs.ResultsFileError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for table in tables:
+            print(table)
             print()
         return 0
     try:
         out = report(args.runs, args.out, args.against, args.metric)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, runs.ResultsFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(out["markdown"])
     print(f"\naxes: {', '.join(out['axes']) or '(none: runs share one config)'}")
     print(f"written: {out['md']}  {out['csv']}" + (f"  {out['png']}" if out["png"] else ""))
-    return 0
+    return 1 if out["failed"] else 0
 
 
 if __name__ == "__main__":

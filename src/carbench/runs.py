@@ -42,10 +42,65 @@ def find_results(root: Path) -> list[Path]:
     return sorted(files, key=key)
 
 
+class ResultsFileError(ValueError):
+    """A results.json that cannot be read as a finished run's results (empty, cut short, not ours)."""
+
+
+#: keys every finished run's results.json has (semantic and referring alike)
+REQUIRED_KEYS = ("metrics", "num_images", "config")
+
+
 def load_results(path: Path) -> dict[str, Any]:
-    data = json.loads(Path(path).read_text())
-    data.setdefault("run_dir", str(Path(path).parent))
+    """A run's results.json as a dict, or ResultsFileError naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ResultsFileError(f"cannot read {path}: {err}") from err
+    if not text.strip():
+        raise ResultsFileError(f"{path} is empty: the run did not finish writing it; rerun that run (resume=true "
+                               "keeps its finished images)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ResultsFileError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): it is "
+                               "cut short or corrupt; rerun that run to rewrite it") from None
+    if not isinstance(data, dict):
+        raise ResultsFileError(f"{path} holds a JSON {type(data).__name__}, not a carbench results object")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ResultsFileError(f"{path} lacks {', '.join(missing)}: it is not a complete carbench results.json "
+                               "(rerun that run, or pass the right file)")
+    data.setdefault("run_dir", str(path.parent))
     return data
+
+
+def failed_jobs(root: Path) -> list[dict[str, str]]:
+    """Jobs of a multirun dir (numbered subfolders with a .hydra folder) that left no results.json.
+
+    Each entry: `dir`, `overrides` (the job's command-line overrides) and `reason`. A report must
+    list them: dropping them would make a sweep look complete.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for job in sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        if (job / RESULTS_FILE).exists() or not (job / ".hydra").is_dir():
+            continue
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        try:
+            overrides = " ".join(yaml.safe_load(overrides_file.read_text()) or [])
+        except (OSError, yaml.YAMLError):
+            overrides = "?"
+        progress = job / "progress.jsonl"
+        if progress.exists():
+            done = max(0, sum(1 for line in progress.read_text().splitlines() if line.strip()) - 1)
+            reason = f"stopped after {done} image(s) (no results.json; see {job}/*.log)"
+        else:
+            reason = f"failed before its first image (no results.json; see {job}/*.log)"
+        out.append({"dir": str(job), "overrides": overrides, "reason": reason})
+    return out
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

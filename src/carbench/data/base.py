@@ -73,11 +73,28 @@ def _open_fully(path: Path) -> Image.Image:
         ) from e
 
 
+EXIF_ORIENTATION = 0x0112
+#: EXIF orientations that swap width and height when a viewer applies them
+_TRANSPOSING = {5: "transposed", 6: "rotated 90° clockwise", 7: "transversed", 8: "rotated 90° counter-clockwise"}
+
+
+def exif_orientation(path: str | Path) -> int | None:
+    """The EXIF orientation tag of an image file (1 = as stored), or None when absent or unreadable."""
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get(EXIF_ORIENTATION)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as H×W×3 uint8 RGB, exactly as stored.
 
-    No EXIF auto-rotation: label maps are aligned with the stored pixel grid, not with the
-    orientation a viewer would show. Grey or CMYK files are converted to RGB (colour only).
+    No EXIF auto-rotation, by decision: the official CaR code and mmseg read the stored pixel grid,
+    and dataset labels are aligned with it, not with the orientation a viewer would show. A label
+    that only fits the EXIF-rotated image is reported as such by `read_label`. Grey or CMYK files
+    are converted to RGB (colour only).
     """
     path = Path(path)
     im = _open_fully(path)
@@ -93,6 +110,7 @@ def read_label(
     shape: tuple[int, int] | None = None,
     num_classes: int | None = None,
     ignore_index: int = IGNORE_INDEX,
+    image_path: str | Path | None = None,
 ) -> np.ndarray:
     """Read a label PNG as its stored H×W uint8 values, with the checks that catch silent corruption.
 
@@ -101,6 +119,8 @@ def read_label(
       colours, so a wrong mode is an error, never converted.
     - `shape`: the image's (H, W); labels are never resized, so a mismatch means the wrong file.
     - `num_classes`: the ids stored in the file must lie in [0, num_classes) ∪ {ignore_index}.
+    - `image_path`: the image the label belongs to; named (with its EXIF orientation) when the label
+      has the image's transposed shape, i.e. was drawn on the EXIF-rotated view.
     """
     path = Path(path)
     im = _open_fully(path)
@@ -124,6 +144,15 @@ def read_label(
         )
     label = np.array(im, dtype=np.uint8)  # P → palette indices, L → values; no colour conversion
     if shape is not None and label.shape != tuple(shape):
+        orientation = exif_orientation(image_path) if image_path is not None else None
+        if label.shape == tuple(shape)[::-1] and orientation in _TRANSPOSING:
+            raise ValueError(
+                f"label {path} is {label.shape[0]}×{label.shape[1]} (H×W), the transpose of its image {image_path} "
+                f"({shape[0]}×{shape[1]}), whose EXIF orientation is {orientation} ({_TRANSPOSING[orientation]}): the "
+                "label was drawn on the EXIF-rotated view. carbench (like the official code and mmseg) reads images "
+                "as stored, never EXIF-rotated: rotate the image's pixels and drop its orientation tag "
+                "(e.g. `exiftran -ai`), or restore the original label"
+            )
         raise ValueError(
             f"label {path} has shape {label.shape[0]}×{label.shape[1]} (H×W) but its image is "
             f"{shape[0]}×{shape[1]}; labels are never resized, so this is the wrong or a damaged file: "

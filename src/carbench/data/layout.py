@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["MAX_LISTED", "require_dirs", "read_split_file", "report_missing", "require_file"]
+__all__ = ["MAX_LISTED", "require_dirs", "read_split_file", "read_split_text", "report_missing", "require_file"]
 
 MAX_LISTED = 10
 
@@ -43,6 +43,25 @@ def require_file(path: Path, what: str, hint: str) -> None:
         raise FileNotFoundError(f"{what}: expected file {path} is missing{_where(path)}. {hint}")
 
 
+def read_split_text(path: Path, what: str) -> str:
+    """A split file's text. UTF-8, with or without a byte-order mark (an editor's BOM would otherwise glue
+    itself to the first id, whose files then "do not exist"); UTF-16 and other encodings are refused
+    with the command that converts them, never guessed."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError(
+            f"{what} split file {path} is UTF-16 encoded (it starts with a UTF-16 byte-order mark); split files are "
+            f"UTF-8 text: convert it with `iconv -f UTF-16 -t UTF-8 {path} > fixed.txt` and replace the file"
+        )
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{what} split file {path} is not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r}); "
+            "split files list one ASCII id per line: re-save it as UTF-8 or re-extract it from the dataset archive"
+        ) from None
+
+
 def read_split_file(path: Path, what: str, hint: str) -> list[str]:
     """Ids listed in a split file (one per line, whitespace stripped, blank lines skipped), in file order."""
     if not path.is_file():
@@ -51,7 +70,7 @@ def read_split_file(path: Path, what: str, hint: str) -> list[str]:
             f"{what} split file {path} not found; split files that exist there: {available or 'none'} "
             f"(set dataset.split=<one of them>). {hint}"
         )
-    ids = [line.strip() for line in path.read_text().splitlines()]
+    ids = [line.strip() for line in read_split_text(path, what).splitlines()]
     ids = [i for i in ids if i]
     if not ids:
         raise ValueError(f"{what} split file {path} lists no ids. {hint}")

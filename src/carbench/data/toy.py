@@ -7,10 +7,12 @@ come from disjoint random streams, so thresholds chosen on `tune` never see `val
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from carbench.data.generated import claim_generated_root, read_only_error
 from carbench.data.registry import register_dataset
 from carbench.data.voc import VOCSegmentation
 from carbench.toy.scenes import CLASS_NAMES, SPLIT_OFFSETS, write_toy_split
@@ -34,8 +36,13 @@ def toy_dataset(
     """Toy split `split` with `n` scenes of `size`² pixels from `seed`, generated if absent."""
     if split not in SPLIT_OFFSETS:
         raise ValueError(f"unknown toy split {split!r}; valid: {', '.join(SPLIT_OFFSETS)}")
-    root = Path(root).expanduser()
-    write_toy_split(root, split, int(n), int(seed), int(size))
+    root = claim_generated_root(Path(root).expanduser(), "toy")  # never write into someone else's folder
+    try:
+        write_toy_split(root, split, int(n), int(seed), int(size))
+    except OSError as err:
+        if isinstance(err, PermissionError) or err.errno == errno.EROFS:
+            raise read_only_error(root, "toy", err) from err
+        raise
     ds = ToySegmentation(root, split=split, variant="voc21", queries=queries)
     ds.name = "toy"
     return ds

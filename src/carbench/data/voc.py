@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from carbench.data.base import SemanticDataset, read_image, read_label
+from carbench.data.layout import read_split_text
 from carbench.data.registry import register_dataset
 from carbench.types import IGNORE_INDEX, Sample
 
@@ -75,7 +76,7 @@ def _read_split(root: Path, split: str) -> list[str]:
             f"VOC split file {split_file} not found; split files that exist: {available or 'none'} "
             f"(set dataset.split=<one of them>). {LAYOUT_HINT}"
         )
-    ids = [line.strip() for line in split_file.read_text(encoding="utf-8", errors="replace").splitlines()]
+    ids = [line.strip() for line in read_split_text(split_file, "VOC").splitlines()]
     ids = [i for i in ids if i]
     if not ids:
         raise ValueError(f"VOC split file {split_file} lists no ids; re-extract it from the VOC2012 archive")
@@ -177,7 +178,8 @@ class VOCSegmentation(SemanticDataset):
     def _load(self, index: int) -> Sample:
         image_path, label_path = self.image_path(index), self.label_path(index)
         image = read_image(image_path)
-        raw = read_label(label_path, expected_mode="P", shape=image.shape[:2], num_classes=len(self.CLASSES))
+        raw = read_label(label_path, expected_mode="P", shape=image.shape[:2], num_classes=len(self.CLASSES),
+                         image_path=image_path)
         target = _REDUCE_ZERO_LUT[raw] if self.variant == "voc20" else raw.astype(np.int64)
         return Sample(
             id=self.ids[index],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from collections import defaultdict
@@ -24,17 +25,26 @@ from tqdm import tqdm
 from carbench.data import build_dataset
 from carbench.data.voc_format import write_palette_png
 from carbench.engine import distributed as dist_util
+from carbench.engine import run_lock
+from carbench.engine.config_check import check_int_values, check_keys
+from carbench.engine.disk import disk_error, is_disk_error
+from carbench.engine.interrupts import RunInterrupted, interrupted, raise_if_received, sigterm_as_interrupt
 from carbench.engine.loggers import build_logger, overlay_count
+from carbench.engine.oom import explain_out_of_memory
 from carbench.engine.overlays import write_overlay
 from carbench.engine.progress import (
     PROGRESS_FILE,
     RESULTS_FILE,
     Progress,
     ResumeError,
+    check_record_ids,
     config_hash,
     find_resumable,
+    find_same_config,
 )
 from carbench.engine.results import git_sha, package_versions, write_json_atomic
+from carbench.engine.run_identity import data_fingerprint, explain_mismatch, header, semantic_config
+from carbench.engine.workers import die_with_parent
 from carbench.metrics import SemanticIoU, scores_from_confusion
 from carbench.models.clip import resolve_device
 from carbench.models.factory import build_segmenter
@@ -84,15 +94,26 @@ class _Loaded(torch.utils.data.Dataset):
             return idx, None, f"{type(err).__name__}: {err}"
 
 
-def _resolve_run_dir(cfg: DictConfig, out_dir: Path, cfg_hash: str) -> Path:
-    """Where this run writes: `out_dir`, or with resume=true the newest unfinished matching run."""
+def _resolve_run_dir(cfg: DictConfig, out_dir: Path, cfg_hash: str, head: dict[str, Any]) -> Path:
+    """Where this run writes: `out_dir`, or with resume=true the newest unfinished matching run.
+
+    An unfinished run of the same config whose data changed (split re-sorted, ids removed, files
+    rewritten) is refused with what changed, rather than silently starting afresh next to it."""
     if (out_dir / RESULTS_FILE).exists() and (out_dir / PROGRESS_FILE).exists():
         raise ResumeError(f"{out_dir} already holds a finished run (results.json); use a new run dir")
     if cfg.get("resume") and not (out_dir / PROGRESS_FILE).exists():
-        found = find_resumable(Path(str(cfg.get("resume_search_dir") or "outputs")), cfg_hash)
+        root = Path(str(cfg.get("resume_search_dir") or "outputs"))
+        found = find_resumable(root, cfg_hash)
         if found is not None:
             log.info("resuming the unfinished run in %s", found)
             return found
+        stale = find_same_config(root, config_hash(semantic_config(head["config"])))
+        if stale is not None:
+            run, old = stale
+            raise ResumeError(
+                f"cannot resume {run}: {explain_mismatch(old, head)}. Its records describe other images; "
+                "restore the original split/files to resume it, or run without resume=true to start afresh"
+            )
         log.warning("resume=true but no unfinished run with this config was found; starting fresh")
     return out_dir
 
@@ -109,9 +130,10 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     and rank 0 alone writes results.json and calls the logger (engine/distributed.py).
     """
     out_dir = Path(out_dir)
-    check_writable(out_dir)
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
-    cfg_hash = config_hash(plain_cfg)
+    check_keys(plain_cfg)
+    check_int_values(plain_cfg)
+    cfg_hash = config_hash(plain_cfg)  # refined with the data fingerprint once the dataset is open
     on_error = str(cfg.get("on_error", "raise"))
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -123,11 +145,28 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         from carbench.engine.referring import run_referring as runner
     else:
         runner = _run_semantic
-    ctx = dist_util.init_distributed(cfg.get("dist"), device)
-    try:
-        return runner(cfg, out_dir, plain_cfg, cfg_hash, on_error, dist_util.rank_device(device, ctx), ctx)
-    finally:
-        dist_util.shutdown(ctx)
+    with sigterm_as_interrupt():
+        try:
+            ctx = dist_util.init_distributed(cfg.get("dist"), device)
+            try:
+                if ctx.is_main:  # rank 0 alone creates and probes the run dir; the others wait for it
+                    check_writable(out_dir)
+                dist_util.barrier(ctx)
+                return runner(cfg, out_dir, plain_cfg, cfg_hash, on_error, dist_util.rank_device(device, ctx), ctx)
+            finally:
+                run_lock.release_held()
+                dist_util.shutdown(ctx)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt as err:  # before the loop started: nothing was evaluated by this attempt
+            raise interrupted(err, None, None, None) from None
+
+
+def identify_run(plain_cfg: dict[str, Any], dataset: Any, n: int) -> tuple[str, dict[str, Any]]:
+    """The run's hash and progress-log header, covering the config and the data (ids + file stats)."""
+    data = data_fingerprint(dataset, n)
+    cfg_hash = config_hash(plain_cfg, data)
+    return cfg_hash, header(plain_cfg, data, cfg_hash)
 
 
 def image_count(cfg: DictConfig, dataset: Any) -> int:
@@ -142,23 +181,30 @@ def image_count(cfg: DictConfig, dataset: Any) -> int:
 
 
 def open_run(
-    cfg: DictConfig, out_dir: Path, cfg_hash: str, ctx: dist_util.DistContext
+    cfg: DictConfig, out_dir: Path, cfg_hash: str, ctx: dist_util.DistContext, head: dict[str, Any],
+    ids: list[str],
 ) -> tuple[Path, Progress, dict[int, dict[str, Any]]]:
-    """The run dir (rank 0 decides, every rank agrees), this rank's progress file, and every record a
-    previous attempt of this run left in any rank's file."""
+    """The run dir (rank 0 decides and locks it, every rank agrees), this rank's progress file, and
+    every record a previous attempt of this run left in any rank's file (each checked against `ids`)."""
     resolved: tuple[str | None, str | None] = (None, None)
     if ctx.is_main:
         try:
-            resolved = (str(_resolve_run_dir(cfg, out_dir, cfg_hash)), None)
-        except ResumeError as err:
-            resolved = (None, str(err))
+            run_dir = _resolve_run_dir(cfg, out_dir, cfg_hash, head)
+            run_lock.acquire(run_dir)
+            progress = Progress.open(run_dir, cfg_hash, filename=dist_util.progress_filename(ctx), header=head)
+            resolved = (str(run_dir), None)
+        except (ResumeError, run_lock.RunDirLockedError) as err:
+            resolved = (None, f"{type(err).__name__}: {err}")
     found, error = dist_util.broadcast(resolved, ctx)
     if error is not None:
-        raise ResumeError(error)
+        kind, _, msg = error.partition(": ")
+        raise (run_lock.RunDirLockedError if kind == "RunDirLockedError" else ResumeError)(msg)
     run_dir = Path(found)
-    progress = Progress.open(run_dir, cfg_hash, filename=dist_util.progress_filename(ctx))
+    if not ctx.is_main:
+        progress = Progress.open(run_dir, cfg_hash, filename=dist_util.progress_filename(ctx), header=head)
     dist_util.barrier(ctx)  # every rank has repaired its own file before anyone reads the others
     done_before = dist_util.read_all_records(run_dir, cfg_hash)
+    check_record_ids(done_before, ids, run_dir)
     dist_util.barrier(ctx)  # nobody appends this attempt's records before everyone has read
     return run_dir, progress, done_before
 
@@ -169,15 +215,22 @@ def make_loader(cfg: DictConfig, dataset: Any, indices: list[int]) -> torch.util
     return torch.utils.data.DataLoader(
         _Loaded(dataset, indices), batch_size=None, shuffle=False, num_workers=workers,
         collate_fn=lambda x: x, prefetch_factor=2 if workers else None,
+        worker_init_fn=die_with_parent if workers else None,
     )
 
 
 def run_guarded(loop: Callable[[], None], logger: Any, run_dir: Path, progress: Progress,
-                ctx: dist_util.DistContext) -> None:
+                ctx: dist_util.DistContext, total: int) -> None:
     """Run this rank's loop; if it or another rank fails, close the logger and raise on every rank
-    instead of leaving the others waiting in the collective that follows."""
+    instead of leaving the others waiting in the collective that follows. A signal (Ctrl-C, SIGTERM)
+    becomes RunInterrupted saying how many of the `total` items are kept and how to go on."""
     try:
         loop()
+        raise_if_received()  # a signal whose exception a finaliser swallowed still stops the run here
+    except KeyboardInterrupt as err:
+        logger.finish(None, run_dir)
+        kept = len(dist_util.read_all_records(run_dir, progress.cfg_hash))
+        raise interrupted(err, kept, total, run_dir) from None
     except BaseException:
         dist_util.any_rank_failed(True, ctx)  # release the other ranks from the collective below
         logger.finish(None, run_dir)
@@ -229,13 +282,14 @@ def _run_semantic(
     out_dir = Path(dist_util.broadcast(str(out_dir), ctx))  # Hydra may stamp each rank's dir differently
     dataset = build_dataset(cfg.dataset)
     n = image_count(cfg, dataset)
+    cfg_hash, head = identify_run(plain_cfg, dataset, n)
     if cfg.model.get("two_pass"):  # Pascal Context: things pass + stuff pass (models/two_pass.py, car-method §1.7)
         from carbench.models.two_pass import build_two_pass
 
         segmenter = build_two_pass(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
     else:
         segmenter = build_segmenter(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
-    run_dir, progress, done_before = open_run(cfg, out_dir, cfg_hash, ctx)
+    run_dir, progress, done_before = open_run(cfg, out_dir, cfg_hash, ctx, head, list(dataset.ids))
 
     metric = SemanticIoU(
         num_classes=dataset.num_classes,
@@ -270,7 +324,7 @@ def _run_semantic(
                desc=f"CaR on {dataset.name}" + (f" [rank {ctx.rank}]" if ctx.enabled else ""), unit="img",
                dynamic_ncols=True, disable=ctx.enabled and not ctx.is_main)
     run_guarded(lambda: _loop(cfg, loader, dataset, segmenter, metric, lut, progress, run_dir, pred_dir, on_error, bar),
-                logger, run_dir, progress, ctx)
+                logger, run_dir, progress, ctx, n)
     bar.close()
     wall = time.perf_counter() - t_start
     scores = metric.compute()  # collective under torchrun: torchmetrics sums the ranks' confusion matrices
@@ -283,6 +337,7 @@ def _run_semantic(
     logger.finish(results, run_dir)
     ok_n, failed_n = results["num_images"]["evaluated"], results["num_images"]["failed"]
     print(f"images: expected {n}, evaluated {ok_n}, failed {failed_n}")
+    require_some_evaluated(ok_n, failed_n, run_dir)
     if overlay_count(cfg):
         print(f"overlays (image | GT | CaR | kept queries per step): {run_dir / 'overlays'}")
     log.info("mIoU %.2f on %d images of %s; results in %s", scores["mIoU"], ok_n, dataset.name, run_dir)
@@ -314,6 +369,7 @@ def _loop(
     """
     pending: tuple | None = None
     for idx, sample, load_error in loader:
+        raise_if_received()
         sample_id = sample.id if sample is not None else dataset.ids[idx]
         t0 = time.perf_counter()
         try:
@@ -354,13 +410,18 @@ def _finish(
         if cfg.save_predictions:
             write_palette_png(pred_dir / f"{sample.id}.png", labels.astype(np.uint8))
         if idx < overlay_count(cfg):
-            write_overlay(run_dir / "overlays" / f"{sample.id}.png", sample, labels, pred)
+            write_overlay(run_dir / "overlays" / f"{sample.id}.png", sample, labels, pred, class_names=dataset.class_names,
+                          label_of_query=dict(zip(dataset.queries, dataset.query_label_ids, strict=True)),
+                          theta=cfg.model.get("confidence_threshold"))
         progress.add({
             "index": idx, "id": sample.id, "status": "ok",
             "confusion": [nz.tolist(), delta[nz].tolist()],
             "steps": len(pred.trace), "kept": [sample.queries[k] for k in pred.kept], "time": times,
         })
     except Exception as err:
+        if is_disk_error(err):  # the run's own files cannot be written: not this image's fault
+            raise disk_error(err, run_dir) from err
+        err = explain_out_of_memory(err, sample)  # a huge image: name its size and the cap
         if on_error == "raise" or isinstance(err, (KeyboardInterrupt, MemoryError)):
             raise RuntimeError(
                 f"image {sample_id} (index {idx}) failed: {err}. {len(progress.records)} finished images are "
@@ -414,11 +475,20 @@ def _assemble_results(
     return results
 
 
+def require_some_evaluated(evaluated: int, failed: int, run_dir: Path) -> None:
+    """A run in which every image failed has no metric: fail (non-zero exit) after recording why."""
+    if evaluated == 0 and failed > 0:
+        raise RuntimeError(
+            f"all {failed} images failed (on_error=skip), so there is no metric (null in results.json); the errors "
+            f"are listed under failed_images in {run_dir / RESULTS_FILE}: fix the inputs and run again"
+        )
+
+
 def check_writable(out_dir: Path) -> None:
-    """Fail before any work if results cannot be written."""
+    """Fail before any work if results cannot be written (the probe's name is per process: ranks never share it)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_test"
+        probe = out_dir / f".write_test.{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as err:

@@ -9,7 +9,6 @@ state of the two halves would not describe one experiment.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from carbench.engine.run_identity import NON_SEMANTIC_KEYS, explain_mismatch, run_hash
+
+__all__ = ["NON_SEMANTIC_KEYS", "PROGRESS_FILE", "RESULTS_FILE", "Progress", "ResumeError", "config_hash",
+           "find_resumable"]
+
 PROGRESS_FILE = "progress.jsonl"
 RESULTS_FILE = "results.json"
-# keys that do not change what a run computes, so they may differ between a run and its resume
-NON_SEMANTIC_KEYS = (
-    "resume", "resume_search_dir", "num_workers", "threads", "on_error", "logger", "overlays", "dist", "sweep",
-)
 
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,9 @@ def _record_problem(rec: dict[str, Any]) -> str | None:
     return None
 
 
-def config_hash(cfg: dict[str, Any]) -> str:
-    plain = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def config_hash(cfg: dict[str, Any], data: dict[str, Any] | None = None) -> str:
+    """Hash of what decides a run's numbers: the semantic config and the data fingerprint (run_identity.py)."""
+    return run_hash(cfg, data)
 
 
 @dataclass
@@ -71,17 +71,20 @@ class Progress:
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, run_dir: Path, cfg_hash: str, filename: str = PROGRESS_FILE) -> Progress:
+    def open(cls, run_dir: Path, cfg_hash: str, filename: str = PROGRESS_FILE,
+             header: dict[str, Any] | None = None) -> Progress:
         """Load (and repair) the log in `run_dir`, or start a new one.
 
         `filename`: each torchrun rank keeps its own file (engine/distributed.py), so ranks never
-        interleave writes and each one repairs only its own torn line.
+        interleave writes and each one repairs only its own torn line. `header`: what the hash was
+        computed from (run_identity.header), stored so a refused resume can say what differs.
         """
         path = Path(run_dir) / filename
         prog = cls(path, cfg_hash)
+        head = header or {"header": True, "config_hash": cfg_hash}
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            prog._append({"header": True, "config_hash": cfg_hash})
+            prog._append(head)
             return prog
         raw = path.read_bytes()
         lines = raw.split(b"\n")
@@ -126,12 +129,12 @@ class Progress:
             # Nothing is lost by starting the log again.
             log.warning("%s holds no complete record (interrupted while starting); starting it afresh", path)
             path.write_bytes(b"")
-            prog._append({"header": True, "config_hash": cfg_hash})
+            prog._append(head)
             return prog
         if header.get("config_hash") != cfg_hash:
             raise ResumeError(
-                f"{path.parent} holds a run with a different config (hash {header.get('config_hash')} vs "
-                f"{cfg_hash}); resume with the exact same overrides, or use a new run dir."
+                f"{path.parent} holds a run with a different config or data ({explain_mismatch(header, head)}); "
+                "resume with the exact same overrides and data, or use a new run dir."
             )
         if good_bytes < len(raw):
             with open(path, "r+b") as f:
@@ -163,3 +166,43 @@ def find_resumable(search_root: Path, cfg_hash: str) -> Path | None:
         if head.get("config_hash") == cfg_hash:
             candidates.append(p.parent)
     return max(candidates, key=lambda d: (d / PROGRESS_FILE).stat().st_mtime, default=None)
+
+
+def find_same_config(search_root: Path, config_only_hash: str) -> tuple[Path, dict[str, Any]] | None:
+    """Newest unfinished run under `search_root` whose header's config (data aside) hashes to
+    `config_only_hash`, with that header; used to explain why such a run cannot be resumed."""
+    best: tuple[float, Path, dict[str, Any]] | None = None
+    for p in Path(search_root).glob(f"**/{PROGRESS_FILE}"):
+        if (p.parent / RESULTS_FILE).exists():
+            continue
+        try:
+            with open(p) as f:
+                head = json.loads(f.readline())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(head, dict) and isinstance(head.get("config"), dict) and \
+                run_hash(head["config"]) == config_only_hash:
+            mtime = p.stat().st_mtime
+            if best is None or mtime > best[0]:
+                best = (mtime, p.parent, head)
+    return None if best is None else (best[1], best[2])
+
+
+def check_record_ids(records: dict[int, dict[str, Any]], ids: list[str], run_dir: Path) -> None:
+    """Every kept record must describe the image now at its index: else the split changed under the run.
+
+    Records are keyed by position; without this check a re-sorted split would score one image twice
+    and another never, and a shortened one would carry records of images it no longer has.
+    """
+    wrong = []
+    for index, rec in sorted(records.items()):
+        now = ids[index] if index < len(ids) else None
+        if rec.get("id") != now:
+            wrong.append(f"index {index} was {rec.get('id')!r}, now {now!r}" if now is not None
+                         else f"index {index} ({rec.get('id')!r}) is past the end of the split ({len(ids)} ids)")
+    if wrong:
+        shown = "; ".join(wrong[:5]) + (f" … and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+        raise ResumeError(
+            f"the split changed since {run_dir} was started: {len(wrong)} kept record(s) name other images ({shown}). "
+            "Restore the original split file to resume, or start a new run dir"
+        )

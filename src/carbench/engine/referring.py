@@ -28,18 +28,23 @@ from tqdm import tqdm
 from carbench.data import build_dataset
 from carbench.data.voc_format import write_palette_png
 from carbench.engine import distributed as dist_util
+from carbench.engine.disk import disk_error, is_disk_error
 from carbench.engine.evaluate import (
     gather_records,
+    identify_run,
     image_count,
     make_loader,
     open_run,
     queries_hash,
+    require_some_evaluated,
     run_guarded,
     stage_summary,
     start_segment,
     trace_times,
 )
+from carbench.engine.interrupts import raise_if_received
 from carbench.engine.loggers import build_logger, overlay_count
+from carbench.engine.oom import explain_out_of_memory
 from carbench.engine.overlays import write_overlay
 from carbench.engine.progress import RESULTS_FILE, Progress
 from carbench.engine.results import git_sha, package_versions, write_json_atomic
@@ -60,8 +65,9 @@ def run_referring(
     out_dir = Path(dist_util.broadcast(str(out_dir), ctx))
     dataset = build_dataset(cfg.dataset)
     n = image_count(cfg, dataset)
+    cfg_hash, head = identify_run(plain_cfg, dataset, n)
     segmenter = build_referring_segmenter(cfg.model, cfg.get("postprocess"), device=device, seed=int(cfg.seed))
-    run_dir, progress, done_before = open_run(cfg, out_dir, cfg_hash, ctx)
+    run_dir, progress, done_before = open_run(cfg, out_dir, cfg_hash, ctx, head, list(dataset.ids))
 
     metric = ReferringIoU(thresholds=tuple(cfg.get("metric", {}).get("prec_thresholds", (0.5, 0.6, 0.7, 0.8, 0.9))))
     for i in sorted(done_before) if ctx.is_main else ():  # replayed in index order: same float sums as one pass
@@ -87,7 +93,7 @@ def run_referring(
                desc=f"CaR on {dataset.name} {dataset.split_by}/{dataset.split}", unit=unit, dynamic_ncols=True,
                disable=ctx.enabled and not ctx.is_main)
     run_guarded(lambda: _loop(cfg, loader, dataset, segmenter, metric, progress, run_dir, pred_dir, on_error, bar),
-                logger, run_dir, progress, ctx)
+                logger, run_dir, progress, ctx, n)
     bar.close()
     wall = time.perf_counter() - t_start
     scores = metric.compute()
@@ -102,6 +108,7 @@ def run_referring(
     print(f"{unit}s: expected {n}, evaluated {c['evaluated']}, failed {c['failed']} "
           f"({results['dataset']['num_images']} images)")
     print("  ".join(f"{k} {v:.2f}" for k, v in results["metrics"].items()))
+    require_some_evaluated(c["evaluated"], c["failed"], run_dir)
     log.info("mIoU %.2f oIoU %.2f on %d samples of %s %s/%s; results in %s", scores["mIoU"], scores["oIoU"],
              c["evaluated"], dataset.name, dataset.split_by, dataset.split, run_dir)
     return results
@@ -113,6 +120,7 @@ def _loop(
 ) -> None:
     """Segment and score this rank's samples, appending each finished one to its progress file."""
     for idx, sample, load_error in loader:
+        raise_if_received()
         sample_id = sample.id if sample is not None else dataset.ids[idx]
         try:
             if load_error is not None:
@@ -140,6 +148,9 @@ def _loop(
                 "scores": [float(s) for s in np.asarray(pred.scores).reshape(-1)], "time": times,
             })
         except Exception as err:
+            if is_disk_error(err):  # the run's own files cannot be written: not this sample's fault
+                raise disk_error(err, run_dir) from err
+            err = explain_out_of_memory(err, sample)  # a huge image: name its size and the cap
             if on_error == "raise" or isinstance(err, (KeyboardInterrupt, MemoryError)):
                 raise RuntimeError(
                     f"sample {sample_id} (index {idx}) failed: {err}. {len(progress.records)} finished samples are "

@@ -35,11 +35,13 @@ background patches of the dense loss, so CaR can put them in its CAM softmax.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import open_clip
@@ -167,13 +169,35 @@ def _conv_stem(width: int, patch: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class _DropRandomInitNote(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded … initialized randomly" for the toy architecture."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("No pretrained weights loaded" in msg and TOY_ARCH in msg)
+
+
+@contextlib.contextmanager
+def _no_random_init_warning() -> Iterator[None]:
+    note = _DropRandomInitNote()
+    loggers = [logging.getLogger(), logging.getLogger("open_clip"), logging.getLogger("open_clip.factory")]
+    for lg in loggers:
+        lg.addFilter(note)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(note)
+
+
 def build_toy_clip(seed: int | None = 0) -> tuple[CLIP, ToyTokenizer]:
     """The toy CLIP architecture with random weights (seeded) and its tokenizer."""
     if seed is not None:
         torch.manual_seed(seed)
-    model = open_clip.create_model(
-        TOY_ARCH, pretrained=None, force_preprocess_cfg={"mean": TOY_MEAN, "std": TOY_STD}
-    )
+    with _no_random_init_warning():  # random init is the point here; the caller loads the weights it wants
+        model = open_clip.create_model(
+            TOY_ARCH, pretrained=None, force_preprocess_cfg={"mean": TOY_MEAN, "std": TOY_STD}
+        )
     if not isinstance(model, CLIP):
         raise TypeError(f"open_clip built {type(model).__name__} for {TOY_ARCH}, expected CLIP")
     model.visual.conv1 = _conv_stem(model.visual.transformer.width, TOY_PATCH)
@@ -197,17 +221,32 @@ def _sha_file(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _canonical_header(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors writes the metadata from a hash map, so the key order (and with it the file's
+    sha256) changes from run to run; sorting makes the bytes a function of the content alone.
+    Reordering keeps the header's length, so the tensor offsets stay valid.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    canon = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(canon) > n:
+        raise RuntimeError(f"safetensors header grew from {n} to {len(canon)} bytes when sorted; cannot rewrite it")
+    return blob[:8] + canon + b" " * (n - len(canon)) + blob[8 + n :]
+
+
 def save_toy_weights(
     model: CLIP, path: str | Path = TOY_WEIGHTS, metadata: dict[str, str] | None = None
 ) -> str:
     """Write fp16 safetensors + `<file>.sha256` (the hex digest, then the file name); return the digest."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"arch": TOY_ARCH, **(metadata or {})})
+    tmp.write_bytes(_canonical_header(save(state, metadata={"arch": TOY_ARCH, **(metadata or {})})))
     digest = sha256_of(tmp)
     tmp.replace(path)
     _sha_file(path).write_text(f"{digest}  {path.name}\n")

@@ -371,11 +371,13 @@ def write_toy_split(root: str | Path, split: str, n: int, seed: int, size: int =
     already complete with the same parameters nothing is written; otherwise it is regenerated
     and the list file and metadata are written last, so an interrupted run is redone.
     """
+    from carbench.data.generated import claim_generated_root
     from carbench.data.voc_format import write_palette_png
 
     root = Path(root)
     if n < 1:
         raise ValueError(f"n must be ≥ 1, got {n}")
+    claim_generated_root(root, "toy")  # only into a folder the generator created (marker file)
     if split_is_complete(root, split, n, seed, size):
         return
     (root / "JPEGImages").mkdir(parents=True, exist_ok=True)

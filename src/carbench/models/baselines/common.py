@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from carbench.models import queries as queries_mod
 from carbench.models.labels import assemble_semantic_labels
 from carbench.models.recurrent import AMP_DTYPES, PostProcess, check_queries
 from carbench.types import BACKGROUND, Prediction
@@ -31,11 +32,8 @@ def check_image(image: np.ndarray) -> None:
 
 
 def check_background_queries(queries: Sequence[str], background: Sequence[str]) -> list[str]:
-    """Background queries must not repeat a query (a pixel cannot be both a class and background)."""
-    clash = sorted(set(queries) & set(background))
-    if clash:
-        raise ValueError(f"background queries {clash} are also queries; remove them from model.background_queries")
-    return list(background)
+    """Background queries get the foreground queries' checks and may not repeat a query (models/queries.py)."""
+    return queries_mod.check_background_queries(queries, background)
 
 
 def autocast(device: torch.device, amp: str):

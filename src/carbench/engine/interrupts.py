@@ -1,0 +1,72 @@
+"""Clean interrupts: SIGTERM behaves like Ctrl-C, and both end with how many images are kept and how to go on.
+
+`RunInterrupted` is a KeyboardInterrupt (so nothing between the loop and the entry point swallows
+it) carrying the one-line message the entry point prints before exiting with 128 + the signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+_received: list[int] = []  # signals seen inside the block, in case their exception was swallowed
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a scheduler, `kill`, a container stop)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The run stopped on a signal; `message` says what is kept and how to resume; `exit_code` = 128 + signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.message, self.exit_code = message, 128 + signum
+
+
+def _exception(signum: int) -> KeyboardInterrupt:
+    return Terminated(f"signal {signum}") if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    _received.append(signum)
+    raise _exception(signum)
+
+
+def raise_if_received() -> None:
+    """Raise for a signal whose exception was lost (raised inside a finaliser, where Python only prints it).
+
+    The loops call this between items, so a Ctrl-C or SIGTERM always stops the run."""
+    if _received:
+        raise _exception(_received[-1])
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM raises Terminated and SIGINT KeyboardInterrupt in the main thread, and both
+    are remembered for `raise_if_received` (handlers restored afterwards)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _received.clear()
+
+
+def interrupted(err: KeyboardInterrupt, kept: int | None, total: int | None, run_dir: Path | None) -> RunInterrupted:
+    """The RunInterrupted for `err`, with the count of finished images kept in `run_dir`."""
+    signum = signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+    if kept is None or total is None or run_dir is None:
+        msg = "interrupted while starting, before any image was evaluated; rerun the same command"
+    else:
+        msg = f"{kept} of {total} images kept in {run_dir}; rerun with resume=true"
+    return RunInterrupted(msg, int(signum))
