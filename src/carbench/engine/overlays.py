@@ -1,48 +1,64 @@
-"""Overlay PNGs for eyeballing a run: image | ground truth | prediction | queries kept per step."""
+"""Overlay PNGs for eyeballing a run: image | ground truth | prediction with a colour legend, then one
+panel per recurrent step (each alive query's proposal, prompted image and score against θ).
+
+The drawing itself lives in `carbench.viz`, shared with the browser demo.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from carbench.data.voc_format import VOC_PALETTE
-from carbench.types import IGNORE_INDEX, Prediction, Sample
-
-
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """Label ids → RGB with the VOC palette (ignore = its cream colour)."""
-    return VOC_PALETTE[np.clip(labels, 0, 255).astype(np.uint8)]
+from carbench import viz
+from carbench.types import Prediction, Sample
 
 
-def blend(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    color = colorize(labels).astype(np.float32)
-    out = image.astype(np.float32)
-    paint = (labels != 0) & (labels != IGNORE_INDEX)
-    out[paint] = (1 - alpha) * out[paint] + alpha * color[paint]
-    return out.clip(0, 255).astype(np.uint8)
+def label_names(
+    sample: Sample,
+    labels: np.ndarray,
+    pred: Prediction,
+    class_names: Sequence[str] | None = None,
+    label_of_query: Mapping[str, int] | None = None,
+) -> tuple[dict[int, str], dict[int, viz.Color]]:
+    """Display name of each label id, and colour of each query (its label id's palette colour).
+
+    With the dataset's `class_names` and query → label id map every id is named; a query the map
+    lacks (or every query, without one: the referring loop) is tied to the label id it painted.
+    """
+    names: dict[int, str] = dict(enumerate(class_names)) if class_names is not None else {}
+    query_ids: dict[int, int] = {}
+    for k, query in enumerate(sample.queries):
+        if label_of_query is not None and query in label_of_query:
+            query_ids[k] = int(label_of_query[query])
+        elif (pred.labels == k).any():
+            query_ids[k] = int(labels[pred.labels == k][0])
+    for k, label_id in query_ids.items():
+        names.setdefault(label_id, sample.queries[k])
+    return names, {k: viz.palette_color(i) for k, i in query_ids.items()}
 
 
-def write_overlay(path: Path, sample: Sample, labels: np.ndarray, pred: Prediction, min_height: int = 192) -> Path:
-    """One PNG: the image, GT and prediction (blended), and a text panel with the recurrence trace."""
-    h, w = sample.image.shape[:2]
-    scale = max(1, int(np.ceil(min_height / h)))
-    panels = [sample.image, blend(sample.image, sample.target), blend(sample.image, labels)]
-    tiles = [Image.fromarray(p).resize((w * scale, h * scale), Image.NEAREST) for p in panels]
-    text_w = 260
-    canvas = Image.new("RGB", (3 * w * scale + text_w, h * scale + 18), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, (tile, title) in enumerate(zip(tiles, ["image", "ground truth", "CaR"], strict=True)):
-        canvas.paste(tile, (i * w * scale, 18))
-        draw.text((i * w * scale + 4, 3), title, fill="black")
-    lines = [f"{sample.id}"]
-    for step in pred.trace:
-        kept = [sample.queries[k] for k in step["kept"]]
-        lines.append(f"step {step['step']}: {len(step['alive'])} in, kept {len(kept)}")
-        lines.append("  " + ", ".join(kept)[:40])
-    lines.append("final: " + ", ".join(sample.queries[k] for k in pred.kept)[:40])
-    draw.multiline_text((3 * w * scale + 6, 20), "\n".join(lines), fill="black", spacing=3)
+def write_overlay(
+    path: Path,
+    sample: Sample,
+    labels: np.ndarray,
+    pred: Prediction,
+    min_height: int = 192,
+    class_names: Sequence[str] | None = None,
+    label_of_query: Mapping[str, int] | None = None,
+    theta: float | None = None,
+) -> Path:
+    """One PNG: the blended image / GT / prediction row with its legend, and the per-step panels.
+
+    `labels` is the prediction in dataset label ids (what the metric scored); `theta` draws the
+    confidence threshold on the step panels' score bars.
+    """
+    names, colors = label_names(sample, labels, pred, class_names, label_of_query)
+    top = viz.overlay_figure(sample.image, labels, names, target_ids=sample.target.astype(np.int64),
+                             height=max(min_height, sample.image.shape[0]))
+    steps = viz.step_panels(sample.image, pred.trace, sample.queries, theta, colors)
+    final = f"{sample.id} · final: " + (", ".join(sample.queries[k] for k in pred.kept) or "(none)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    viz.stack([top, viz.caption(final, top.width), *steps]).save(path)
     return path

@@ -1,0 +1,1 @@
+"""The browser demo of CaR (`python -m carbench.demo`, `make app`): see `app.py`."""
