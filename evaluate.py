@@ -21,9 +21,11 @@ def main(cfg: DictConfig) -> float:
     except RunInterrupted as stop:  # Ctrl-C / SIGTERM: one line, what is kept and how to go on, no traceback
         print(f"\n{stop.message}", file=sys.stderr, flush=True)  # on its own line, after any progress bar
         sys.exit(stop.exit_code)
-    print(f"mIoU {results['metrics']['mIoU']:.2f} over {results['num_images']['evaluated']} images "
+    name = results["primary_metric"]  # mIoU; gIoU for GRES
+    value = float(results["metrics"][name])
+    print(f"{name} {value:.2f} over {results['num_items']['evaluated']} {results['unit']}s "
           f"-> {Path(results['run_dir']) / 'results.json'}")
-    return float(results["metrics"]["mIoU"])  # the value Hydra sweepers optimise
+    return value  # the value Hydra sweepers optimise
 
 
 if __name__ == "__main__":

@@ -33,7 +33,10 @@ from carbench.engine.config_check import ConfigKeyError, check_int_values, check
 from carbench.engine.progress import PROGRESS_FILE, Progress, ResumeError
 from carbench.engine.run_lock import RunDirLockedError
 from carbench.metrics import ReferringIoU, SemanticIoU
-from carbench.models.clip import PretrainedWeightsError, UnsafeCheckpointError, load_clip, resolve_device
+from carbench.models.backbones.checkpoint_io import UnsafeCheckpointError
+from carbench.models.backbones.device import resolve_device
+from carbench.models.backbones.registry import load_clip
+from carbench.models.backbones.weights import PretrainedWeightsError
 from carbench.models.presets import get_preset
 from carbench.models.prompts import prompt_images, validate_prompts
 from carbench.models.recurrent import CaR, check_queries
@@ -594,7 +597,7 @@ def _(ctx):
 @case("results_dir_not_writable", "a results dir that cannot be created or written", PermissionError,
       [r"results dir .*blocker/run", r"not writable"], [r"set hydra\.run\.dir=<a writable dir>"])
 def _(ctx):
-    from carbench.engine.evaluate import check_writable
+    from carbench.engine.run_setup import check_writable
 
     (ctx.tmp / "blocker").write_text("a file where the run dir's parent should be")
     check_writable(ctx.tmp / "blocker" / "run")

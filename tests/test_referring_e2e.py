@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from carbench.data.fixtures_more import write_refer_fixture
-from carbench.engine import referring as engine
+from carbench.engine import loop as engine
 from carbench.engine.evaluate import run_evaluation
 from carbench.models.referring import ReferringCaR
 from carbench.types import BACKGROUND, Prediction
@@ -60,7 +60,7 @@ def make_cfg(refer: Path, *extra: str, dataset: str = "refcoco"):
 
 
 def use(monkeypatch, oracle: Oracle) -> None:
-    monkeypatch.setattr(engine, "build_referring_segmenter", lambda *a, **k: oracle)
+    monkeypatch.setattr(engine, "build_model", lambda *a, **k: oracle)
 
 
 def test_metrics_match_hand_computation(tmp_path, refer, monkeypatch) -> None:

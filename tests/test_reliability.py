@@ -354,6 +354,7 @@ def test_a_full_disk_is_blamed_not_the_image(tmp_path, voc_root, monkeypatch):
 def test_sigterm_in_the_loop_says_what_is_kept(tmp_path):
     from carbench.engine import distributed as dist_util
     from carbench.engine.interrupts import RunInterrupted, Terminated
+    from carbench.engine.loop import run_guarded
 
     prog = Progress.open(tmp_path, "h")
     prog.add({"index": 0, "id": "a", "status": "failed", "error": "E"})
@@ -366,7 +367,7 @@ def test_sigterm_in_the_loop_says_what_is_kept(tmp_path):
         raise Terminated("signal 15")
 
     with pytest.raises(RunInterrupted) as info:
-        engine.run_guarded(loop, NoLog(), tmp_path, prog, dist_util.DistContext(), 7)
+        run_guarded(loop, NoLog(), tmp_path, prog, dist_util.DistContext(), 7)
     assert info.value.message == f"1 of 7 images kept in {tmp_path}; rerun with resume=true"
     assert info.value.exit_code == 143
 

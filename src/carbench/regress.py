@@ -143,7 +143,7 @@ def check_run(
         for e, diff in nearest_entries(results, reported):
             lines.append(f"    {e['table']}: {e['row']} {e.get('column') or ''} — differs in " + "; ".join(diff))
         return 1, lines
-    n = results.get("num_images") or {}
+    n = runs.item_counts(results)
     if runs.is_partial(results) and not allow_partial and not all("limit" in e["constraints"] for e in hits):
         lines.append(f"  REFUSED: scored {n.get('evaluated')} of {n.get('split_size')} images ({n.get('failed', 0)} "
                      "failed); a partial run is not the split's number (--allow-partial to compare anyway)")

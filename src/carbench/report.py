@@ -5,7 +5,9 @@ keys that differ between runs (the sweep's axes) and prints one row per run: mar
 `report.md` + `report.csv` next to the runs, and `report.png` when an axis is numeric (metric vs
 that axis, one line per combination of the other axes). `--against car_paper` adds the paper's
 number for every run that matches a row of conf/reported/car_paper.yaml. `--peers` prints a run
-next to the methods of conf/reported/peers.yaml instead, flagging protocol differences.
+next to the methods of conf/reported/peers.yaml instead, flagging protocol differences. Semantic
+runs also get the filter diagnostics' totals (precision and recall of the kept query set against
+the GT classes, the share of images where it equals them, present classes dropped, absent ones kept).
 
 This is how a sweep is seen without W&B.
 """
@@ -67,12 +69,17 @@ def build_rows(results: Sequence[dict[str, Any]], root: Path, against: str | Non
         from carbench.regress import load_reported
 
         reported = load_reported(against)
+    with_filter = any(r.get("filter") for r in results)  # semantic runs since the filter diagnostics exist
     rows = []
     for res, flat in zip(results, flats, strict=True):
         row: dict[str, Any] = {a: axis_value(a, flat.get(a)) for a in axes}
         for m in METRICS:
             row[m] = runs.metric_value(res, m)
-        n = res.get("num_images") or {}
+        if with_filter:
+            for key, column in runs.FILTER_COLUMNS.items():
+                value = runs.metric_value(res, f"filter.{key}")
+                row[column] = int(value) if value is not None and key.startswith("wrongly") else value
+        n = runs.item_counts(res)
         row["images"] = f"{n.get('evaluated')}/{n.get('split_size')}"
         if reported is not None:
             from carbench.regress import match_entries
@@ -88,14 +95,14 @@ def build_rows(results: Sequence[dict[str, Any]], root: Path, against: str | Non
     return axes, rows
 
 
-def _cell(v: Any, is_axis: bool = False) -> str:
-    """Axis values as configured (0.3, null); numbers the run produced with 2 decimals; missing as –."""
+def _cell(v: Any, is_axis: bool = False, digits: int = 2) -> str:
+    """Axis values as configured (0.3, null); numbers the run produced with `digits` decimals; missing as –."""
     if is_axis:
         return runs.format_value(v)
     if v is None:
         return "–"
     if isinstance(v, float):
-        return f"{v:.2f}"
+        return f"{v:.{digits}f}"
     return str(v)
 
 
@@ -114,7 +121,9 @@ def to_markdown(axes: list[str], rows: list[dict]) -> str:
     cols = list(rows[0])
     head = [AXIS_LABELS.get(c, c) for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(_cell(r[c], c in axes) for c in cols) + " |" for r in rows]
+    fractions = set(runs.FILTER_COLUMNS.values())  # the filter diagnostics are fractions in [0, 1]
+    lines += ["| " + " | ".join(_cell(r[c], c in axes, 3 if c in fractions else 2) for c in cols) + " |"
+              for r in rows]
     return "\n".join(lines)
 
 

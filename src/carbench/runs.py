@@ -1,10 +1,10 @@
 """Reading finished runs: find results.json files and describe each run in the paper's terms.
 
-The report and the regression gate read only results.json (DESIGN.md: "the regression check and
-the sweeps read only that file"). This module turns one into (a) a flat config for ablation
-tables and (b) `paper_settings`: the handful of named settings the paper's tables vary (backbones,
-CAM, recurrence, η/θ/λ, prompts, background-query group, post-processing), so a run can be
-matched to the table row that describes it.
+The report and the regression gate read only results.json, never a run's other files. This
+module turns one into (a) a flat config for ablation tables and (b) `paper_settings`: the handful
+of named settings the paper's tables vary (backbones, CAM, recurrence, η/θ/λ, prompts,
+background-query group, post-processing), so a run can be matched to the table row that
+describes it. Results files of every schema version are read (`item_counts`).
 """
 
 from __future__ import annotations
@@ -48,6 +48,20 @@ class ResultsFileError(ValueError):
 
 #: keys every finished run's results.json has (semantic and referring alike)
 REQUIRED_KEYS = ("metrics", "num_images", "config")
+#: where a results.json keeps its item counts: the unified key first, then the older names, which files
+#: written before the schema was unified use and newer files repeat (carbench.engine.schema.ALIASES)
+COUNT_KEYS = ("num_items", "num_images", "num_samples")
+#: the filter diagnostics' totals (results.json `filter.final`) a report shows, with their column names
+FILTER_COLUMNS = {"precision": "kept precision", "recall": "kept recall", "exact": "kept = GT",
+                  "wrongly_dropped": "wrongly dropped", "wrongly_kept": "wrongly kept"}
+
+
+def item_counts(results: dict[str, Any]) -> dict[str, Any]:
+    """{expected, evaluated, failed, split_size} of a run, from whichever count key its results.json has."""
+    for key in COUNT_KEYS:
+        if isinstance(results.get(key), dict):
+            return results[key]
+    return {}
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -67,7 +81,7 @@ def load_results(path: Path) -> dict[str, Any]:
                                "cut short or corrupt; rerun that run to rewrite it") from None
     if not isinstance(data, dict):
         raise ResultsFileError(f"{path} holds a JSON {type(data).__name__}, not a carbench results object")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
+    missing = [k for k in REQUIRED_KEYS if k not in data and not (k == "num_images" and item_counts(data))]
     if missing:
         raise ResultsFileError(f"{path} lacks {', '.join(missing)}: it is not a complete carbench results.json "
                                "(rerun that run, or pass the right file)")
@@ -179,14 +193,18 @@ def paper_settings(results: dict[str, Any]) -> dict[str, Any]:
 
 def is_partial(results: dict[str, Any]) -> bool:
     """True when the run did not score its whole split (limit=N, or failed images)."""
-    n = results.get("num_images") or {}
+    n = item_counts(results)
     return n.get("evaluated") != n.get("split_size") or bool(n.get("failed"))
 
 
 def metric_value(results: dict[str, Any], metric: str) -> float | None:
-    """`mIoU`, `aAcc`, … from results['metrics'], or `per_class_iou.<class>`; None if absent."""
+    """`mIoU`, `aAcc`, … from results['metrics'], `per_class_iou.<class>`, or `filter.<total>` (the
+    filter diagnostics over the final kept sets: precision, recall, exact, wrongly_dropped, wrongly_kept);
+    None if absent."""
     if metric.startswith("per_class_iou."):
         value = (results.get("per_class_iou") or {}).get(metric.split(".", 1)[1])
+    elif metric.startswith("filter."):
+        value = ((results.get("filter") or {}).get("final") or {}).get(metric.split(".", 1)[1])
     else:
         value = (results.get("metrics") or {}).get(metric)
     if value is None:

@@ -8,6 +8,11 @@ node whose `name` matches a file of that group (model=car, postprocess=crf, data
 only the keys of that file plus the keys other files place under it, so a referring key on a
 semantic dataset or a CaR key on dense_clip is refused too. A value that is an interpolation
 (`dataset: ${dataset}`) mirrors another node, so anything below it is left to that node's check.
+
+Nested groups (conf/model/proposer/, conf/model/scorer/) are read the same way, placed at
+`model.proposer` / `model.scorer`. Their nodes are `_target_` nodes, so a node may hold only the
+keys of the files with the same `_target_`; a `_target_` no file names (a user's own class) is
+checked by the model builder against the class's constructor instead.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Schema:
     mirrors: set[str] = field(default_factory=set)  # interpolated nodes: their subtree is not checked
     by_choice: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     from_elsewhere: dict[str, set[str]] = field(default_factory=dict)  # group → its paths set by other files
+    by_target: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (package, _target_) → paths
 
 
 def _package(path: Path, group: str | None) -> str:
@@ -47,7 +53,7 @@ def _package(path: Path, group: str | None) -> str:
     first = path.read_text(encoding="utf-8").split("\n", 1)[0]
     if group is None or "@package _global_" in first:
         return ""
-    return group
+    return group.replace("/", ".")  # a nested group (model/proposer) is placed at model.proposer
 
 
 def _walk(node: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
@@ -67,7 +73,8 @@ class _File:
     group: str | None
     paths: set[str]
     name: str | None
-    parents: list[str]  # same-group files named in its `defaults` list (it inherits their keys)
+    parents: list[str]
+    target: str | None = None  # its `_target_` (nested component groups)  # same-group files named in its `defaults` list (it inherits their keys)
 
 
 def _read(path: Path, group: str | None, schema: Schema) -> _File:
@@ -82,7 +89,8 @@ def _read(path: Path, group: str | None, schema: Schema) -> _File:
             schema.mirrors.add(dotted)
     own = data if pkg else data.get(group or "")
     name = own.get("name") if isinstance(own, Mapping) and "name" in own else None
-    return _File(group, here, None if name is None else str(name), parents)
+    target = own.get("_target_") if isinstance(own, Mapping) else None
+    return _File(group, here, None if name is None else str(name), parents, None if target is None else str(target))
 
 
 @lru_cache(maxsize=4)
@@ -91,8 +99,10 @@ def load_schema(conf_dir: Path = CONF_DIR) -> Schema:
     schema = Schema()
     files: dict[tuple[str | None, str], _File] = {(None, "config"): _read(conf_dir / "config.yaml", None, schema)}
     for group_dir in sorted(p for p in conf_dir.iterdir() if p.is_dir() and p.name not in NOT_GROUPS):
-        for f in sorted(group_dir.glob("*.yaml")):
-            files[(group_dir.name, f.stem)] = _read(f, group_dir.name, schema)
+        for sub in sorted({f.parent for f in group_dir.rglob("*.yaml")}):
+            group = sub.relative_to(conf_dir).as_posix()  # "model" or a nested group such as "model/proposer"
+            for f in sorted(sub.glob("*.yaml")):
+                files[(group, f.stem)] = _read(f, group, schema)
 
     def lineage(key: tuple[str | None, str], seen: frozenset = frozenset()) -> list[_File]:
         f = files[key]
@@ -109,7 +119,11 @@ def load_schema(conf_dir: Path = CONF_DIR) -> Schema:
             chain = lineage((group, stem))
             name = next((c.name for c in chain if c.name is not None), stem)
             inherited = set().union(*(c.paths for c in chain))
-            schema.by_choice.setdefault((group, name), set()).update(p for p in inherited if p.startswith(group + "."))
+            pkg = group.replace("/", ".")
+            schema.by_choice.setdefault((group, name), set()).update(p for p in inherited if p.startswith(pkg + "."))
+            target = next((c.target for c in chain if c.target is not None), None)
+            if "/" in group and target is not None:
+                schema.by_target.setdefault((pkg, target), set()).update(p for p in inherited if p.startswith(pkg + "."))
         for p in f.paths:
             top = p.split(".", 1)[0]
             if top != group and "." in p:
@@ -138,9 +152,18 @@ def check_keys(cfg: Mapping[str, Any], schema: Schema | None = None) -> None:
     """Raise ConfigKeyError naming the first key of `cfg` (a plain, resolved dict) the tree does not declare."""
     schema = schema or load_schema()
     groups = {g for g, _ in schema.by_choice}
+    components = {pkg for pkg, _ in schema.by_target}
     unknown: list[tuple[str, set[str]]] = []
     for dotted, _value in _walk({k: v for k, v in cfg.items() if k not in HYDRA_KEYS}, ""):
         if any(dotted.startswith(m + ".") for m in schema.mirrors):
+            continue
+        pkg = next((c for c in components if dotted.startswith(c + ".")), None)
+        if pkg is not None:  # inside a `_target_` node: the keys of the files with that target
+            target = str(_lookup(cfg, pkg).get("_target_"))
+            if (pkg, target) not in schema.by_target:
+                continue  # a user's own class: the model builder checks its constructor's parameters
+            if dotted not in schema.by_target[(pkg, target)]:
+                unknown.append((dotted, schema.by_target[(pkg, target)]))
             continue
         top = dotted.split(".", 1)[0]
         node = cfg.get(top)
@@ -154,8 +177,25 @@ def check_keys(cfg: Mapping[str, Any], schema: Schema | None = None) -> None:
         more = f" (and {len(unknown) - 1} more: {', '.join(k for k, _ in unknown[1:4])})" if len(unknown) > 1 else ""
         raise ConfigKeyError(
             f"unknown config key '{key}'{_nearest(key, valid)} Nothing reads it, so it would be ignored{more}; "
-            f"fix the spelling or drop the override (valid keys are the ones the files under conf/ declare)."
+            f"fix the spelling or drop the override{_siblings(key, valid)}."
         )
+
+
+def _lookup(cfg: Mapping[str, Any], dotted: str) -> Mapping[str, Any]:
+    """The node at a dotted path of a plain config ({} where it is missing or not a mapping)."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node if isinstance(node, Mapping) else {}
+
+
+def _siblings(key: str, valid: set[str]) -> str:
+    """' (valid keys under model: a, b, …)' — the keys allowed next to `key`, or the general rule at the top."""
+    if "." not in key:
+        return " (valid keys are the ones the files under conf/ declare)"
+    parent = key.rsplit(".", 1)[0]
+    names = sorted({v[len(parent) + 1:].split(".", 1)[0] for v in valid if v.startswith(parent + ".")})
+    return f" (valid keys under {parent}: {', '.join(names)})" if names else ""
 
 
 #: keys that must be whole numbers (a float such as seed=1.7 would silently run as int(1.7) = 1)

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 log = logging.getLogger(__name__)
 
 PER_CLASS_TABLE = "per_class_iou"
-SUMMARY_METRICS = ("mIoU", "mIoU_present_classes", "aAcc", "mAcc", "oIoU", "cIoU")
+SUMMARY_METRICS = ("mIoU", "mIoU_present_classes", "aAcc", "mAcc", "oIoU", "cIoU", "gIoU", "N-acc", "T-acc")
 
 
 class RunLogger(Protocol):
@@ -173,8 +173,10 @@ class WandbLogger:
         wandb = self.wandb
         metrics = results.get("metrics", {})
         summary = {k: _finite(metrics[k]) for k in SUMMARY_METRICS if k in metrics}
-        counts = results.get("num_images", {})
+        counts = results.get("num_items", {})
         summary.update({f"images/{k}": v for k, v in counts.items()})
+        final = (results.get("filter") or {}).get("final") or {}  # semantic runs: the filter diagnostics
+        summary.update({f"filter/{k}": _finite(v) for k, v in final.items() if k != "step"})
         summary["results_json"] = str(run_dir / "results.json")
         self.run.summary.update(summary)
         payload: dict[str, Any] = {k: v for k, v in summary.items() if isinstance(v, float)}
