@@ -14,7 +14,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def tiny_backbone():
-    from carbench.models.clip import load_clip
+    from carbench.models.backbones.registry import load_clip
 
     return load_clip("tiny_random")
 

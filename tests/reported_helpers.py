@@ -16,11 +16,13 @@ import yaml
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VOC = yaml.safe_load((CONF / "dataset" / "voc.yaml").read_text())
+VOC_MODEL = {**yaml.safe_load((CONF / "dataset_text" / "voc.yaml").read_text())["model"],
+             **yaml.safe_load((CONF / "dataset_model" / "voc_car.yaml").read_text())["model"]}
 
 
 def paper_voc_results(miou: float, run_dir: str = "run", evaluated: int = 1449, **model: Any) -> dict[str, Any]:
-    """A finished VOC-21 run with the paper's settings (conf/dataset/voc.yaml + CRF), `model` overrides."""
-    m = copy.deepcopy(VOC["model"])
+    """A finished VOC-21 run with the paper's settings (conf/dataset_text/voc.yaml, conf/dataset_model/voc_car.yaml + CRF), `model` overrides."""
+    m = copy.deepcopy(VOC_MODEL)
     m.update({"name": "car", "cam": "clip_es", "max_steps": None}, **model)
     return {
         "dataset": {"name": "voc21", "split": "val", "num_classes": 21},

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
+from carbench.models.backbones.registry import load_clip
 from carbench.models.baselines.dense_clip import DenseClip, last_block_attention
 from carbench.models.baselines.ovseg import OVSegStyle, encode_with_mask_prompt, region_crops
 from carbench.models.baselines.ovseg_checkpoint import OVSEG_CLIP_PREFIX, OVSegCheckpointError
 from carbench.models.checkpoints import CHECKPOINT_DIRS_ENV
-from carbench.models.clip import load_clip
 from carbench.models.factory import build_segmenter
 from carbench.types import BACKGROUND
 
@@ -60,7 +60,7 @@ def test_dense_clip_prediction_contract(tiny_backbone, scene):
     assert np.array_equal(pred.labels == BACKGROUND, probs.argmax(0) == 2)
     all_bg = DenseClip(tiny_backbone, prob_threshold=1.0).segment(scene, ["cat", "dog"])
     assert (all_bg.labels == BACKGROUND).all() and all_bg.kept == []
-    with pytest.raises(ValueError, match="also queries"):
+    with pytest.raises(ValueError, match="also class queries"):
         DenseClip(tiny_backbone, background_queries=["cat"]).segment(scene, ["cat"])
 
 

@@ -1,4 +1,5 @@
-"""The CLIP wrapper reaches open_clip's ViT exactly: same tokens, same embeddings, clear load errors."""
+"""The CLIP wrapper reaches open_clip's ViT exactly: same tokens, same embeddings, clear load errors;
+backbone kinds come from one builder table that user code can extend."""
 
 from __future__ import annotations
 
@@ -6,14 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from carbench.models.clip import PretrainedWeightsError, _block_forward, load_clip, resolve_device
-from carbench.models.presets import PRESETS, get_preset
+import carbench.models.clip as compat
+from carbench.models import presets as presets_mod
+from carbench.models.backbones import registry
+from carbench.models.backbones.device import autocast, resolve_device
+from carbench.models.backbones.registry import BuiltClip, load_clip, register_backbone
+from carbench.models.backbones.vit import ClipBackbone, block_forward
+from carbench.models.backbones.weights import PretrainedWeightsError
+from carbench.models.presets import PRESETS, BackbonePreset, get_preset, register_preset
 
 
 def test_block_forward_with_attention_equals_open_clip_block(tiny_backbone):
     x = torch.randn(2, 17, tiny_backbone.visual.transformer.width)
     ref = tiny_backbone.blocks[1](x)
-    out, attn = _block_forward(tiny_backbone.blocks[1], x, need_attn=True)
+    out, attn = block_forward(tiny_backbone.blocks[1], x, need_attn=True)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert attn.shape == (2, 17, 17)
     torch.testing.assert_close(attn.sum(-1), torch.ones(2, 17), rtol=1e-5, atol=1e-5)  # rows are distributions
@@ -125,3 +132,56 @@ def test_token_path_reproduces_encode_image_for_the_avg_pooled_toy_clip():
     x = bb.to_input(img)
     ref = torch.nn.functional.normalize(bb.model.encode_image(x), dim=-1)
     torch.testing.assert_close(bb.encode_images(x, skip_last_block=False), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_backbone_kind_registered_from_outside_is_what_load_clip_builds(monkeypatch, tiny_backbone):
+    monkeypatch.setattr(registry, "BACKBONE_BUILDERS", dict(registry.BACKBONE_BUILDERS))
+    monkeypatch.setattr(presets_mod, "PRESETS", dict(presets_mod.PRESETS))
+    calls = []
+
+    @register_backbone("user_kind")
+    def build(preset, pretrained, cache_dir, seed):
+        calls.append((preset.name, pretrained, seed))
+        return BuiltClip(tiny_backbone.model, tiny_backbone.tokenizer, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+
+    register_preset(BackbonePreset("user_vit", "carbench-tiny", "mine.safetensors", 224, builder="user_kind"))
+    bb = load_clip("user_vit", seed=7)
+    assert calls == [("user_vit", "mine.safetensors", 7)]
+    assert isinstance(bb, ClipBackbone) and bb.model is tiny_backbone.model and bb.preset.name == "user_vit"
+    torch.testing.assert_close(bb.mean.flatten(), torch.full((3,), 0.5))
+    load_clip("user_vit", pretrained="other.pt")
+    assert calls[-1][1] == "other.pt"  # the override reaches the builder
+    with pytest.raises(ValueError, match="'user_kind' is already registered"):
+        register_backbone("user_kind")(build)
+    with pytest.raises(ValueError, match="'user_vit' already exists"):
+        register_preset(BackbonePreset("user_vit", "carbench-tiny", None, 224))
+
+
+def test_builtin_kinds_are_registered_and_an_unknown_kind_names_the_registered_ones(monkeypatch):
+    assert {"open_clip", "toy", "ovseg"} <= set(registry.BACKBONE_BUILDERS)
+    assert {p.builder for p in PRESETS.values()} <= set(registry.BACKBONE_BUILDERS)
+    monkeypatch.setattr(presets_mod, "PRESETS", dict(presets_mod.PRESETS))
+    register_preset(BackbonePreset("orphan", "carbench-tiny", None, 224, builder="nobody"))
+    with pytest.raises(ValueError, match=r"'orphan' names backbone kind 'nobody'.*registered kinds: .*open_clip.*"
+                                         r"register_backbone"):
+        load_clip("orphan")
+
+
+def test_ovseg_kind_carries_mask_prompt_tokens_onto_the_backbone():
+    bb = load_clip("ovseg_tiny_random")
+    grid = bb.visual.grid_size[0] * bb.visual.grid_size[1]
+    assert bb.mask_embedding is not None and bb.mask_embedding.shape[1:] == (grid, bb.visual.transformer.width)
+    assert load_clip("tiny_random").mask_embedding is None
+
+
+def test_autocast_is_a_no_op_on_cpu_and_rejects_unknown_amp():
+    with autocast(torch.device("cpu"), "bf16"):
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert y.dtype == torch.float32  # CPU runs stay fp32 whatever model.amp says
+    with pytest.raises(ValueError, match=r"'fp8'.*set model\.amp to one of: auto, none, bf16, fp16"):
+        autocast(torch.device("cpu"), "fp8")
+
+
+def test_compatibility_alias_reexports_the_owning_modules_names():
+    assert compat.load_clip is load_clip and compat.ClipBackbone is ClipBackbone
+    assert compat.PretrainedWeightsError is PretrainedWeightsError and compat.resolve_device is resolve_device

@@ -31,7 +31,8 @@ Q = 6  # queries per image (of the 20 VOC names) and 3 of the 15 templates: keep
 
 
 def build(impl: str, theta: float, post: str, cam: str = "clip_es", quirk: bool = True, fidelity: str = "official"):
-    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/car.yaml"), OmegaConf.load(ROOT / "conf/dataset/voc.yaml").model)
+    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/car.yaml"), OmegaConf.load(ROOT / "conf/dataset_text/voc.yaml").model,
+                          OmegaConf.load(ROOT / "conf/dataset_model/voc_car.yaml").model)
     cfg.proposal = cfg.classifier = "tiny_random"
     cfg.templates = cfg.templates[:3]
     cfg.update({"impl": impl, "confidence_threshold": theta, "cam": cam, "cam_text_quirk": quirk, "fidelity": fidelity})
@@ -86,6 +87,6 @@ def test_unchanged_step_is_reused_not_recomputed(voc):
     seg = build("fast", 0.0, "none", quirk=False)  # step 2 has the same texts as step 1
     calls = []
     real = seg.proposer.propose
-    seg.proposer.propose = lambda img, texts: calls.append(texts) or real(img, texts)
+    seg.proposer.propose = lambda img, qs, bg, step: calls.append(qs) or real(img, qs, bg, step)
     pred = seg.segment(voc[0].image, voc[0].queries[:Q])
     assert len(pred.trace) == 2 and len(calls) == 1

@@ -169,15 +169,10 @@ IMAGE = np.zeros((H, W, 3), np.uint8)
 class BandProposer:
     """Query k claims columns 4k..4k+3; `empty_steps` lists the (1-based) calls that return all zeros."""
 
-    cam_template = "{}"
-
     def __init__(self, names, empty_steps=()):
         self.names, self.empty_steps, self.calls = names, set(empty_steps), 0
 
-    def text_matrix(self, texts, with_bg=True):
-        return None
-
-    def propose(self, image, texts):
+    def propose(self, image, texts, background, step):
         self.calls += 1
         maps = np.zeros((len(texts), H, W), np.float32)
         if self.calls not in self.empty_steps:
@@ -188,19 +183,10 @@ class BandProposer:
 
 
 class TableClassifier:
-    templates = ["{}"]
-
-    class backbone:  # noqa: N801 - mimics the attribute the loop reads
-        device = torch.device("cpu")
-
-        @staticmethod
-        def encode_text(queries, templates):
-            return None
-
     def __init__(self, table):
         self.table = table
 
-    def score(self, prompted, queries):
+    def score(self, prompted, queries, templates=None):
         return np.array([self.table[q] for q in queries], np.float32)
 
 
@@ -210,7 +196,7 @@ TABLE = {"cat": 0.9, "dog": 0.1, "car": 0.8}  # dog is dropped at step 1; cat an
 
 def make(official: bool, empty_steps=(), post=None) -> CaR:
     return CaR(BandProposer(NAMES, empty_steps), TableClassifier(TABLE), mask_threshold=0.4,
-               confidence_threshold=0.5, postprocess=post, cam_text_quirk=False, reuse_unchanged_step=False,
+               confidence_threshold=0.5, postprocess=post, reuse_unchanged_step=False,
                fallback_unfiltered_quirk=official, crf_one_hot_quirk=official)
 
 

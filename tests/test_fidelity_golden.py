@@ -36,7 +36,8 @@ GOLDEN: dict[str, tuple[list[list[int]], list[int], str]] = {
 
 def run(fidelity: str, image_dir: Path):
     sample = VOCSegmentation(str(image_dir))[0]
-    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/car.yaml"), OmegaConf.load(ROOT / "conf/dataset/voc.yaml").model)
+    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/car.yaml"), OmegaConf.load(ROOT / "conf/dataset_text/voc.yaml").model,
+                          OmegaConf.load(ROOT / "conf/dataset_model/voc_car.yaml").model)
     cfg.proposal = cfg.classifier = "tiny_random"
     cfg.templates = cfg.templates[:3]
     cfg.update({"fidelity": fidelity, "confidence_threshold": 0.17})

@@ -45,8 +45,8 @@ def reference_gradcam(bb, x, texts, bg):
 
 def test_batched_gradcam_equals_per_query_hook_reference(tiny_backbone, scene):
     texts, bg = ["cat", "red box", "dog"], ["sky", "ground"]
-    prop = ClipESProposer(tiny_backbone, bg, refine=False)
-    ours = prop.propose(scene, texts)
+    prop = ClipESProposer(tiny_backbone, refine=False)
+    ours = prop.propose_texts(scene, texts, bg)
     ref = reference_gradcam(tiny_backbone, prop.cam_input(scene), texts, bg).numpy()
     h, w = scene.shape[:2]
     import cv2
@@ -57,14 +57,14 @@ def test_batched_gradcam_equals_per_query_hook_reference(tiny_backbone, scene):
 
 
 def test_query_chunking_does_not_change_maps(tiny_backbone, scene):
-    a = ClipESProposer(tiny_backbone, ["sky"], query_chunk=32).propose(scene, ["a", "b", "c"])
-    b = ClipESProposer(tiny_backbone, ["sky"], query_chunk=1).propose(scene, ["a", "b", "c"])
+    a = ClipESProposer(tiny_backbone, query_chunk=32).propose_texts(scene, ["a", "b", "c"], ["sky"])
+    b = ClipESProposer(tiny_backbone, query_chunk=1).propose_texts(scene, ["a", "b", "c"], ["sky"])
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_clip_es_maps_in_unit_range_and_differ_from_plain_gradcam(tiny_backbone, scene):
-    es = ClipESProposer(tiny_backbone, ["sky"], refine=True).propose(scene, ["red box", "tree"])
-    gc = ClipESProposer(tiny_backbone, ["sky"], refine=False).propose(scene, ["red box", "tree"])
+    es = ClipESProposer(tiny_backbone, refine=True).propose_texts(scene, ["red box", "tree"], ["sky"])
+    gc = ClipESProposer(tiny_backbone, refine=False).propose_texts(scene, ["red box", "tree"], ["sky"])
     assert es.min() >= 0 and es.max() <= 1 and es.max() > 0.99
     assert np.abs(es - gc).max() > 1e-3
 
@@ -106,4 +106,27 @@ def test_proposer_rejects_bad_lambda_and_empty_queries(tiny_backbone, scene):
     with pytest.raises(ValueError, match="clipes_threshold"):
         ClipESProposer(tiny_backbone, clipes_threshold=1.5)
     with pytest.raises(ValueError, match="at least one query"):
-        ClipESProposer(tiny_backbone).propose(scene, [])
+        ClipESProposer(tiny_backbone).propose(scene, [], [], 1)
+
+
+def test_cam_text_quirk_raw_query_at_step_one_then_template(tiny_backbone, scene):
+    """Quirk A lives in the proposer: step 1 shows the raw text, later steps the CAM template."""
+    prop = ClipESProposer(tiny_backbone, cam_template="a photo of a {}.")
+    assert prop.cam_texts(["cat"], 1) == ["cat"] and prop.cam_texts(["cat"], 2) == ["a photo of a cat."]
+    np.testing.assert_array_equal(prop.propose(scene, ["cat", "dog"], ["sky"], 1),
+                                  prop.propose_texts(scene, ["cat", "dog"], ["sky"]))
+    np.testing.assert_array_equal(prop.propose(scene, ["cat", "dog"], ["sky"], 3),
+                                  prop.propose_texts(scene, ["a photo of a cat.", "a photo of a dog."], ["sky"]))
+    assert prop.proposal_key(["cat"], ["sky"], 2) == prop.proposal_key(["cat"], ["sky"], 3)
+    assert prop.proposal_key(["cat"], ["sky"], 1) != prop.proposal_key(["cat"], ["sky"], 2)
+    clean = ClipESProposer(tiny_backbone, cam_template="a photo of a {}.", cam_text_quirk=False)
+    assert clean.cam_texts(["cat"], 1) == ["a photo of a cat."]
+    assert clean.proposal_key(["cat"], [], 1) == clean.proposal_key(["cat"], [], 2)
+
+
+def test_background_words_are_per_call_and_change_the_maps(tiny_backbone, scene):
+    prop = ClipESProposer(tiny_backbone, refine=False)
+    with_bg = prop.propose(scene, ["red box", "tree"], ["sky", "grass"], 2)
+    without = prop.propose(scene, ["red box", "tree"], [], 2)
+    assert np.abs(with_bg - without).max() > 1e-4
+    np.testing.assert_array_equal(prop.propose(scene, ["red box", "tree"], ["sky", "grass"], 2), with_bg)

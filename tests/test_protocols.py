@@ -49,9 +49,11 @@ def test_synonyms_split_and_owned():
 class ColourDense:
     """Fake dense model: text 'red' matches red pixels, 'blue' blue ones, 'wall' is a flat 0.2."""
 
-    templates: list[str] = []
+    def __init__(self) -> None:
+        self.templates_seen: list[object] = []
 
-    def dense_similarity(self, crop: np.ndarray, texts: list[str]) -> torch.Tensor:
+    def dense_similarity(self, crop: np.ndarray, texts: list[str], templates=None) -> torch.Tensor:
+        self.templates_seen.append(templates)
         rgb = torch.from_numpy(crop).float().permute(2, 0, 1) / 255
         table = {"red": rgb[0], "blue": rgb[2], "wall": torch.full(crop.shape[:2], 0.2)}
         return torch.stack([table[t] for t in texts])
@@ -67,8 +69,9 @@ def two_halves(h: int = 300, w: int = 500) -> np.ndarray:
 def test_dense_path_puts_windows_back_where_they_came_from():
     model = ColourDense()
     proto = SclipProtocol(model, SclipParams(background_queries=["wall"]))
-    assert model.templates == imagenet_templates() and len(model.templates) == 80
     pred = proto.segment(two_halves(), ["red", "blue"])
+    assert model.templates_seen and all(t == imagenet_templates() for t in model.templates_seen)
+    assert len(model.templates_seen[0]) == 80  # the protocol's templates reach every window call
     assert (pred.labels[:, :240] == 0).all() and (pred.labels[:, 260:] == 1).all()
     assert pred.kept == [0, 1] and pred.trace[0]["windows"] == 8  # 300×500 → 336×560: 2 rows × 4 columns
     # A class under area_threshold of the foreground is dropped to background / the other class.
@@ -87,11 +90,15 @@ class ColourSegmenter:
     """Fake non-dense model: per-query masks from colour; records the windows it saw."""
 
     def __init__(self) -> None:
-        self.templates: list[str] = []
         self.seen: list[tuple[int, int]] = []
+        self.templates_seen: list[object] = []
 
-    def segment(self, image: np.ndarray, queries: list[str]) -> Prediction:
+    def text_defaults(self):
+        return [], ["{}"]
+
+    def segment(self, image: np.ndarray, queries: list[str], *, background=None, templates=None) -> Prediction:
         self.seen.append(image.shape[:2])
+        self.templates_seen.append(templates)
         ch = {"red": 0, "blue": 2}
         masks = np.stack([(image[..., ch[q]] > 128).astype(np.float32) if q in ch else
                           np.zeros(image.shape[:2], np.float32) for q in queries])
@@ -102,6 +109,7 @@ def test_mask_path_averages_model_masks_over_windows():
     model = ColourSegmenter()
     pred = SclipProtocol(model, SclipParams(background_queries=[])).segment(two_halves(), ["red", "blue"])
     assert set(model.seen) == {(224, 224)}  # every window is a 224 crop of the 336-short-side image
+    assert all(t == imagenet_templates() for t in model.templates_seen)  # the default imagenet80, per call
     assert (pred.labels[:, :240] == 0).all() and (pred.labels[:, 260:] == 1).all()
 
 
@@ -124,8 +132,14 @@ def test_protocol_refuses_what_it_cannot_do(tmp_path):
 def test_car_under_sclip_gets_imagenet_templates(scene):
     seg = build_segmenter({"name": "car", "proposal": "tiny_random", "classifier": "tiny_random",
                            "protocol": {"name": "sclip", "short_side": 64, "crop": 48, "stride": 32}}, None)
-    assert isinstance(seg, SclipProtocol) and seg.inner.classifier.templates == imagenet_templates()
+    assert isinstance(seg, SclipProtocol) and seg.templates == imagenet_templates()
+    own = list(seg.inner.classifier.templates)
+    calls = []
+    real = seg.inner.classifier.score
+    seg.inner.classifier.score = lambda p, q, t=None: calls.append(t) or real(p, q, t)
     pred = seg.segment(scene, ["red,crimson", "grey"])
+    assert calls and all(t == imagenet_templates() for t in calls)
+    assert seg.inner.classifier.templates == own  # passed per call: the scorer is never modified
     assert pred.labels.shape == scene.shape[:2] and pred.masks.shape == (2, *scene.shape[:2])
 
 

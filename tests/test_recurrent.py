@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from carbench.models.recurrent import CaR
 from carbench.types import BACKGROUND
@@ -13,45 +12,36 @@ H, W = 12, 16
 
 
 class FakeProposer:
-    """Query k claims a vertical band of the image; records what it was asked for."""
-
-    cam_template = "a clean origami {}."
+    """Query k claims a vertical band of the image; records the queries, background and step of each call."""
 
     def __init__(self, names):
         self.names = names
         self.calls: list[list[str]] = []
+        self.backgrounds: list[list[str]] = []
+        self.steps: list[int] = []
 
-    def text_matrix(self, texts, with_bg=True):
-        return None
-
-    def propose(self, image, texts):
-        self.calls.append(list(texts))
-        maps = np.zeros((len(texts), H, W), np.float32)
-        for i, t in enumerate(texts):
-            k = self.names.index(t.replace("a clean origami ", "").rstrip("."))
+    def propose(self, image, queries, background, step):
+        self.calls.append(list(queries))
+        self.backgrounds.append(list(background))
+        self.steps.append(step)
+        maps = np.zeros((len(queries), H, W), np.float32)
+        for i, q in enumerate(queries):
+            k = self.names.index(q)
             maps[i, :, 4 * k : 4 * k + 4] = 0.9
         return maps
-
-
-class FakeBackbone:
-    device = torch.device("cpu")
-
-    def encode_text(self, queries, templates):
-        return None
 
 
 class FakeClassifier:
     """Scores from a table, optionally depending on how many queries are alive."""
 
-    templates = ["{}"]
-    backbone = FakeBackbone()
-
     def __init__(self, table):
         self.table = table
         self.calls: list[list[str]] = []
+        self.templates: list[object] = []
 
-    def score(self, prompted, queries):
+    def score(self, prompted, queries, templates=None):
         self.calls.append(list(queries))
+        self.templates.append(templates)
         n = len(queries)
         return np.array([self.table[q](n) if callable(self.table[q]) else self.table[q] for q in queries], np.float32)
 
@@ -97,14 +87,22 @@ def test_max_steps_one_is_no_recurrence():
     assert set(np.unique(pred.labels)) == {0, 1, 2, 3}
 
 
-def test_cam_text_quirk_raw_then_templated():
-    car, prop, _ = make({"cat": 0.9, "dog": 0.1, "car": 0.9, "bus": 0.9})
+def test_loop_passes_raw_queries_steps_and_background_per_call():
+    car, prop, clf = make({"cat": 0.9, "dog": 0.1, "car": 0.9, "bus": 0.9}, background_queries=["sky"])
     car.segment(IMAGE, ["cat", "dog", "car", "bus"])
-    assert prop.calls[0] == ["cat", "dog", "car", "bus"]
-    assert prop.calls[1] == ["a clean origami cat.", "a clean origami car.", "a clean origami bus."]
-    car2, prop2, _ = make({"cat": 0.9, "dog": 0.9, "car": 0.9, "bus": 0.9}, cam_text_quirk=False)
-    car2.segment(IMAGE, ["cat", "dog", "car", "bus"])
-    assert prop2.calls[0][0] == "a clean origami cat."
+    assert prop.calls == [["cat", "dog", "car", "bus"], ["cat", "car", "bus"]] and prop.steps == [1, 2]
+    assert prop.backgrounds == [["sky"], ["sky"]] and clf.templates == [None, None]
+    car.segment(IMAGE, ["cat", "dog"], background=["road", "grass"], templates=["a {}."])
+    assert prop.backgrounds[-1] == ["road", "grass"] and clf.templates[-1] == ["a {}."]
+    assert car.background_queries == ["sky"]  # a per-call override changes nothing in the model
+    car.segment(IMAGE, ["cat", "dog"])
+    assert prop.backgrounds[-1] == ["sky"] and clf.templates[-1] is None
+
+
+def test_background_query_equal_to_a_query_is_an_error():
+    car, _, _ = make({"cat": 0.9, "dog": 0.9})
+    with pytest.raises(ValueError, match="cat"):
+        car.segment(IMAGE, ["cat", "dog"], background=["cat"])
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
-"""A run never executes code from a checkpoint or data file (issue 5, item 5).
+"""A run never executes code from a checkpoint or data file.
 
 Every CLIP checkpoint — a local path, a tag found in the Hugging Face cache, a fresh download — is
-read by `carbench.models.clip.read_checkpoint`: safetensors, or `torch.load(weights_only=True)` with
+read by `carbench.models.backbones.checkpoint_io.read_checkpoint`: safetensors, or `torch.load(weights_only=True)` with
 no fallback. (open_clip's own loader retries a failed weights-only load with a plain `torch.load`,
 which under `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` unpickles everything: the crafted file below runs
 code through it.) An audit test pins every loader call in src/.
@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from carbench.models import clip as clip_mod
-from carbench.models.clip import UnsafeCheckpointError, load_clip, read_checkpoint
+from carbench.models.backbones import weights as weights_mod
+from carbench.models.backbones.checkpoint_io import UnsafeCheckpointError, read_checkpoint
+from carbench.models.backbones.registry import load_clip
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "carbench"
 
@@ -68,15 +69,15 @@ def test_tag_weights_from_the_cache_and_from_a_download_are_read_safely(tmp_path
     """The tag paths must not hand the file to open_clip's loader either."""
     path, marker = _evil(tmp_path, bypass=True)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    monkeypatch.setattr(clip_mod.open_clip, "list_pretrained_tags_by_model", lambda arch: ["fake"])
-    monkeypatch.setattr(clip_mod.open_clip, "get_pretrained_cfg", lambda arch, tag: {"hf_hub": "org/repo/"})
-    monkeypatch.setattr(clip_mod, "_cached_tag_file", lambda arch, tag, cache: (str(path), ["here"]))
+    monkeypatch.setattr(weights_mod.open_clip, "list_pretrained_tags_by_model", lambda arch: ["fake"])
+    monkeypatch.setattr(weights_mod.open_clip, "get_pretrained_cfg", lambda arch, tag: {"hf_hub": "org/repo/"})
+    monkeypatch.setattr(weights_mod, "cached_tag_file", lambda arch, tag, cache: (str(path), ["here"]))
     with pytest.raises(UnsafeCheckpointError, match=re.escape(str(path))):
         load_clip("tiny_random", pretrained="fake")
     # not cached, online: the downloaded file goes through the same reader
-    monkeypatch.setattr(clip_mod, "_cached_tag_file", lambda arch, tag, cache: (None, ["here"]))
-    monkeypatch.setattr(clip_mod, "_offline", lambda: False)
-    monkeypatch.setattr(clip_mod.open_clip, "download_pretrained", lambda cfg, cache_dir=None: str(path))
+    monkeypatch.setattr(weights_mod, "cached_tag_file", lambda arch, tag, cache: (None, ["here"]))
+    monkeypatch.setattr(weights_mod, "is_offline", lambda: False)
+    monkeypatch.setattr(weights_mod.open_clip, "download_pretrained", lambda cfg, cache_dir=None: str(path))
     with pytest.raises(UnsafeCheckpointError, match=re.escape(str(path))):
         load_clip("tiny_random", pretrained="fake")
     assert not marker.exists()
@@ -161,9 +162,10 @@ def test_every_loader_call_in_src_is_safe_or_a_known_exception():
     fixed = set(KNOWN_UNSAFE) - unsafe
     assert not fixed, f"fixed, remove from KNOWN_UNSAFE: {sorted(fixed)}"
     # the CLIP loader itself: one torch.load, weights-only, and open_clip never gets a checkpoint path
-    assert ("models/clip.py", "torch.load", "weights_only=True") in calls
+    assert ("models/backbones/checkpoint_io.py", "torch.load", "weights_only=True") in calls
     creates = [
-        n for n in ast.walk(ast.parse((SRC / "models" / "clip.py").read_text()))
+        n for f in sorted((SRC / "models" / "backbones").glob("*.py"))
+        for n in ast.walk(ast.parse(f.read_text()))
         if isinstance(n, ast.Call) and ast.unparse(n.func).endswith("create_model")
     ]
     assert creates and all(

@@ -148,3 +148,19 @@ def test_joblib_launcher_runs_a_sweep_in_parallel(tmp_path):
     res = [json.loads(p.read_text()) for p in sorted((tmp_path / "mr").glob("*/results.json"))]
     assert [r["config"]["model"]["max_steps"] for r in res] == [1, None]
     assert all(r["config"]["sweep"]["name"] == "cam" for r in res)
+
+
+def test_proposer_group_multirun_runs_each_proposer(tmp_path):
+    """`python evaluate.py -m model/proposer=clip_es,gradcam,dense_sclip` as typed: 3 runs, 3 proposers."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CARBENCH_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), "-m", "model/proposer=clip_es,gradcam,dense_sclip",
+           "dataset=voc_fixture", f"dataset.root={tmp_path / 'voc'}", "limit=2", "postprocess=none", "device=cpu",
+           "num_workers=0", "threads=1", f"hydra.sweep.dir={tmp_path / 'mr'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = [json.loads(p.read_text()) for p in sorted((tmp_path / "mr").glob("*/results.json"))]
+    props = [r["config"]["model"]["proposer"] for r in res]
+    assert [p["_target_"].rsplit(".", 1)[1] for p in props] == ["ClipESProposer", "ClipESProposer", "DenseProposer"]
+    assert [p.get("refine") for p in props] == [True, False, None] and props[2]["attention"] == "sclip"
+    assert all(r["num_items"]["evaluated"] == 2 if "num_items" in r else r["num_images"]["evaluated"] == 2
+               for r in res)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -18,11 +16,14 @@ class FakeCaR:
 
     def __init__(self, masks: dict[str, np.ndarray], scores: dict[str, float]) -> None:
         self.masks, self.scores = masks, scores
-        self.proposer = SimpleNamespace(background_queries=["generic"])
+        self.background_queries = ["generic"]
         self.calls: list[tuple[list[str], list[str]]] = []
 
-    def segment(self, image, queries):
-        self.calls.append((list(queries), list(self.proposer.background_queries)))
+    def text_defaults(self):
+        return list(self.background_queries), None
+
+    def segment(self, image, queries, *, background=None, templates=None):
+        self.calls.append((list(queries), list(self.background_queries if background is None else background)))
         s = np.array([self.scores[q] for q in queries], np.float32)
         return Prediction(labels=np.zeros((H, W), np.int64), masks=np.stack([self.masks[q] for q in queries]),
                           scores=s, kept=[k for k in range(len(queries)) if s[k] > 0],
@@ -91,10 +92,10 @@ def test_build_shares_backbones_and_sets_stuff_prompts_and_crf() -> None:
     assert t.proposer.backbone is s.proposer.backbone and t.classifier.backbone is s.classifier.backbone
     assert list(t.prompts) == ["blur", "circle"] and list(s.prompts) == ["blur", "gray"]
     assert t.postprocess.params.bg_factor == 1.0 and s.postprocess.params.bg_factor == 2.0
-    assert t.proposer.background_queries == ["sky", "road"] and (t.eta, s.eta, t.theta) == (0.6, 0.6, 0.2)
+    assert t.background_queries == ["sky", "road"] and (t.eta, s.eta, t.theta) == (0.6, 0.6, 0.2)
     pred = model.segment((np.random.default_rng(0).random((32, 48, 3)) * 255).astype(np.uint8), ["cat", "sky"])
     assert pred.labels.shape == (32, 48) and set(np.unique(pred.labels)) <= {BACKGROUND, 0, 1}
-    assert s.proposer.background_queries == ["cat"]
+    assert s.background_queries == []  # the thing queries are passed per call, never stored
 
 
 @pytest.mark.parametrize(("tp", "match"), [

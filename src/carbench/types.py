@@ -6,8 +6,9 @@ can all depend on it without depending on each other (see DESIGN.md, "The contra
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -40,7 +41,57 @@ class Prediction:
     trace: list[dict[str, Any]] = field(default_factory=list)  # per step: alive, scores, timings
 
 
+@runtime_checkable
 class Segmenter(Protocol):
     """Anything that turns (image, queries) into a `Prediction`."""
 
     def segment(self, image: np.ndarray, queries: list[str]) -> Prediction: ...
+
+
+# Optional capabilities. The engine and the wrappers test for them with isinstance (these Protocols
+# are runtime-checkable), so a new model opts in by defining the method, never by subclassing.
+
+
+@runtime_checkable
+class SampleSegmenter(Protocol):
+    """A model that needs the whole sample (its id), e.g. one that reads saved predictions."""
+
+    def segment_sample(self, sample: Sample) -> Prediction: ...
+
+
+@runtime_checkable
+class DeferredSegmenter(Protocol):
+    """A model that can do its GPU work now and finish later (its CRF runs in a worker meanwhile)."""
+
+    def segment_deferred(self, image: np.ndarray, queries: list[str]) -> Callable[[], Prediction]: ...
+
+
+@runtime_checkable
+class TextOverridable(Protocol):
+    """A model whose background words and text templates can be replaced for one call.
+
+    Two-pass runs (stuff pass: the thing queries become background) and inference protocols (their
+    own templates) pass what they change as arguments, so no caller mutates a shared component.
+    `None` keeps the model's own. `text_defaults()` returns those own values (background words,
+    templates or None when a sub-part owns them); it is also what tells this capability apart from
+    a plain `Segmenter` at run time.
+    """
+
+    def text_defaults(self) -> tuple[list[str], list[str] | None]: ...
+
+    def segment(
+        self,
+        image: np.ndarray,
+        queries: list[str],
+        *,
+        background: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+    ) -> Prediction: ...
+
+
+@runtime_checkable
+class DenseSimilarity(Protocol):
+    """A model with per-pixel text similarities (T×H×W cosines), used as the sliding-window protocols do."""
+
+    def dense_similarity(self, image: np.ndarray, texts: Sequence[str], templates: Sequence[str] | None = None) -> Any:
+        ...

@@ -17,10 +17,27 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from carbench.models.clip import ClipBackbone
+from carbench.models.backbones.vit import ClipBackbone
+
+
+def check_templates(templates: Sequence[str] | str) -> list[str]:
+    """The templates as a list, or a ValueError naming the bad ones (each needs one '{}' slot)."""
+    if isinstance(templates, str):
+        templates = [templates]
+    if not templates:
+        raise ValueError("the classifier needs at least one template: set model.templates, e.g. ['a photo of a {}.']")
+    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+    if bad:
+        raise ValueError(
+            f"every classifier template needs exactly one '{{}}' slot where the query goes; bad: {bad} "
+            "(fix model.templates, e.g. 'a photo of a {}.')"
+        )
+    return list(templates)
 
 
 class MaskClassifier:
+    """CaR's mask scorer (implements `MaskScorer`, models/components.py): CLIP on prompted images."""
+
     def __init__(
         self,
         backbone: ClipBackbone,
@@ -31,18 +48,8 @@ class MaskClassifier:
         batch_size: int = 32,
         encode_per_template: bool = False,
     ) -> None:
-        if isinstance(templates, str):
-            templates = [templates]
-        if not templates:
-            raise ValueError("the classifier needs at least one template: set model.templates, e.g. ['a photo of a {}.']")
-        bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
-        if bad:
-            raise ValueError(
-                f"every classifier template needs exactly one '{{}}' slot where the query goes; bad: {bad} "
-                "(fix model.templates, e.g. 'a photo of a {}.')"
-            )
         self.backbone = backbone
-        self.templates = list(templates)
+        self.templates = check_templates(templates)
         self.double_softmax = double_softmax
         self.skip_last_block = skip_last_block
         self.center_crop = center_crop
@@ -63,15 +70,28 @@ class MaskClassifier:
         x = torch.stack(out).to(self.backbone.device)
         return (x - self.backbone.mean) / self.backbone.std
 
+    def _templates(self, templates: Sequence[str] | None) -> list[str]:
+        """This call's templates: the given ones (checked like the constructor's) or the scorer's own."""
+        if templates is None:
+            return self.templates
+        return check_templates(templates)
+
+    def warm_text(self, queries: Sequence[str], templates: Sequence[str] | None = None) -> None:
+        """Encode every (query, template) text now; the backbone caches them for the rest of the run."""
+        self.backbone.encode_text(list(queries), self._templates(templates))
+
     @torch.no_grad()
-    def score_matrix(self, prompted: Sequence[np.ndarray], queries: Sequence[str]) -> torch.Tensor:
+    def score_matrix(
+        self, prompted: Sequence[np.ndarray], queries: Sequence[str], templates: Sequence[str] | None = None
+    ) -> torch.Tensor:
         """P [images × queries]: each row a distribution over the current queries."""
+        templates = self._templates(templates)
         if self.encode_per_template:
-            probs = torch.stack([self._probs(prompted, queries, [t])[0] for t in self.templates])
+            probs = torch.stack([self._probs(prompted, queries, [t])[0] for t in templates])
         else:
-            probs = self._probs(prompted, queries, self.templates)
+            probs = self._probs(prompted, queries, templates)
         summed = probs.sum(0)
-        return summed.softmax(-1) if self.double_softmax else summed / len(self.templates)
+        return summed.softmax(-1) if self.double_softmax else summed / len(templates)
 
     def _probs(self, prompted: Sequence[np.ndarray], queries: Sequence[str], templates: Sequence[str]):
         """Per-template probabilities [T, images, queries] (images encoded once for all templates)."""
@@ -85,8 +105,10 @@ class MaskClassifier:
         text = self.backbone.encode_text(queries, templates)  # [T, K, D]
         return (self.backbone.logit_scale * torch.einsum("nd,tkd->tnk", emb, text)).softmax(-1)
 
-    def score(self, prompted: Sequence[np.ndarray], queries: Sequence[str]) -> np.ndarray:
+    def score(
+        self, prompted: Sequence[np.ndarray], queries: Sequence[str], templates: Sequence[str] | None = None
+    ) -> np.ndarray:
         """Diagonal scores s_i = P[i, i] for prompted image i drawn from query i."""
         if len(prompted) != len(queries):
             raise ValueError(f"{len(prompted)} prompted images for {len(queries)} queries")
-        return self.score_matrix(prompted, queries).diagonal().cpu().numpy().astype(np.float32)
+        return self.score_matrix(prompted, queries, templates).diagonal().cpu().numpy().astype(np.float32)

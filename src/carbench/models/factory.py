@@ -1,6 +1,8 @@
-"""`build_segmenter(model_cfg, postprocess_cfg)`: the one place config turns into a model.
+"""`build_segmenter(model_cfg, postprocess_cfg)`: a model section of the config turns into a model.
 
-A new model is one builder registered here plus one yaml in conf/model/.
+A new model is one builder registered here plus one yaml in conf/model/. Runs go through
+`models.build.build_model`, which adds what depends on the rest of the config (referring wrapper,
+two passes). CaR's proposer and scorer come from their `_target_` nodes (models/car_config.py).
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from carbench.models.classifier import MaskClassifier
-from carbench.models.clip import ClipBackbone, load_clip
+from carbench.models.backbones.registry import load_clip
+from carbench.models.backbones.vit import ClipBackbone
+from carbench.models.car_config import COMPONENTS, build_component, complete_model_cfg
 from carbench.models.fidelity import resolve_fidelity
 from carbench.models.presets import get_preset
-from carbench.models.proposals.clip_es import ClipESProposer
+from carbench.models.prompts import import_prompt_modules
 from carbench.models.recurrent import CaR, PostProcess
 from carbench.types import Segmenter
 
-CAM_TYPES = {"clip_es": True, "gradcam": False}  # name → CLIP-ES refinement on/off
+CAM_TYPES = {"clip_es": True, "gradcam": False}  # model.cam alias: name → CLIP-ES refinement on/off
+CLIP_ES_TARGET = "carbench.models.proposals.clip_es.ClipESProposer"
 
 
 def _plain(cfg: Mapping | DictConfig | None) -> dict[str, Any]:
@@ -27,7 +31,9 @@ def _plain(cfg: Mapping | DictConfig | None) -> dict[str, Any]:
         return {}
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
+    # a dict may hold config nodes whose relative interpolations (`${..proposal}`) must resolve
+    # against THIS dict's values (the demo overrides keys of cfg.model), so re-root it first
+    return OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True)  # type: ignore[return-value]
 
 
 def build_postprocess(
@@ -74,65 +80,73 @@ class BackbonePool:
             self._loaded[key] = load_clip(preset, self.device, pretrained, self.cache_dir, self.seed)
         return self._loaded[key]
 
+    def loaded(self) -> list[ClipBackbone]:
+        """Every backbone loaded so far (the builder sets run-wide switches on each)."""
+        return list(self._loaded.values())
+
 
 IMPLS = ("fast", "reference")
 
 
 def build_car(cfg: dict[str, Any], postprocess: PostProcess | None, pool: BackbonePool) -> CaR:
-    """CaR from config. `impl=reference` rebuilds the official code's structure (text re-encoded at
-    every call, images re-encoded per template, one backward per query, no step reuse) — same
-    outputs, used as the baseline of the speed benchmark and the equivalence tests."""
-    impl = cfg.get("impl", "fast")
-    if impl not in IMPLS:
-        raise ValueError(f"unknown model.impl {impl!r}; valid: {', '.join(IMPLS)}")
-    ref = impl == "reference"
-    cam = cfg.get("cam", "clip_es")
-    if cam not in CAM_TYPES:
-        raise ValueError(f"unknown model.cam {cam!r}; valid: {', '.join(CAM_TYPES)}")
-    for key in ("proposal", "classifier"):  # config errors before any weights are loaded
-        get_preset(cfg[key])
+    """CaR from config: the proposer and scorer from their `_target_` nodes (models/car_config.py),
+    the recurrence's own settings from the model section.
+
+    `impl=reference` rebuilds the official code's structure (text re-encoded at every call, images
+    re-encoded per template, one backward per query, no step reuse) — same outputs, used as the
+    baseline of the speed benchmark and the equivalence tests."""
+    cfg = complete_model_cfg(cfg, str(cfg.get("name", "car")))
+    if cfg["impl"] not in IMPLS:
+        raise ValueError(f"unknown model.impl {cfg['impl']!r}; valid: {', '.join(IMPLS)}")
+    ref = cfg["impl"] == "reference"
+    apply_cam_alias(cfg)
+    for role in COMPONENTS:  # config errors before any weights are loaded
+        backbone = cfg[role].get("backbone")
+        if backbone is not None:
+            get_preset(backbone)
+    import_prompt_modules(cfg["prompt_modules"])  # a user's prompts register themselves on import
     quirks = resolve_fidelity(cfg)  # model.fidelity + the per-behaviour switches (models/fidelity.py)
-    proposer = ClipESProposer(
-        pool.get(cfg["proposal"], cfg.get("proposal_pretrained")),
-        background_queries=cfg.get("background_queries") or (),
-        clipes_threshold=cfg.get("clipes_threshold", 0.4),
-        refine=CAM_TYPES[cam],
-        cam_template=cfg.get("cam_template", "a clean origami {}."),
-        affinity_blocks=cfg.get("affinity_blocks", 8),
-        query_chunk=1 if ref else cfg.get("query_chunk", 32),
-        box_end_quirk=quirks["box_end_quirk"],
-        pil_resize=quirks["cam_pil_resize_quirk"],
-    )
-    classifier = MaskClassifier(
-        pool.get(cfg["classifier"], cfg.get("classifier_pretrained")),
-        templates=cfg.get("templates", ["a clean origami {}."]),
-        double_softmax=cfg.get("double_softmax", True),
-        skip_last_block=cfg.get("classifier_skip_last_block", True),
-        center_crop=cfg.get("classifier_center_crop", True),
-        encode_per_template=ref,
-    )
-    for bb in (proposer.backbone, classifier.backbone):
+    offered_proposer = {"box_end_quirk": quirks["box_end_quirk"], "pil_resize": quirks["cam_pil_resize_quirk"],
+                        "amp": str(cfg["amp"]), **({"query_chunk": 1} if ref else {})}
+    proposer = build_component(cfg["proposer"], "proposer", pool, offered_proposer)
+    classifier = build_component(cfg["scorer"], "scorer", pool, {"encode_per_template": ref, "amp": str(cfg["amp"])})
+    for bb in pool.loaded():
         bb.cache_text = not ref
         bb.pos_embed_fp16 = quirks["pos_embed_fp16_quirk"]
     return CaR(
         proposer,
         classifier,
-        mask_threshold=cfg.get("mask_threshold", 0.4),
-        confidence_threshold=cfg.get("confidence_threshold", 0.6),
-        visual_prompts=cfg.get("visual_prompts", ("circle", "blur")),
+        mask_threshold=cfg["mask_threshold"],
+        confidence_threshold=cfg["confidence_threshold"],
+        visual_prompts=cfg["visual_prompts"],
         postprocess=postprocess,
-        max_steps=cfg.get("max_steps"),
-        cam_text_quirk=cfg.get("cam_text_quirk", True),
+        max_steps=cfg["max_steps"],
+        background_queries=cfg["background_queries"] or (),
+        device=pool.device,
         prompt_kwargs={
-            "gray_bgr_quirk": cfg.get("gray_bgr_quirk", True),
+            "gray_bgr_quirk": cfg["gray_bgr_quirk"],
             "centroid_trunc_quirk": quirks["centroid_trunc_quirk"],
         },
         reuse_unchanged_step=not ref,
-        amp=str(cfg.get("amp", "auto")),
-        postprocess_workers=0 if ref else post_workers(cfg.get("postprocess_workers", "auto"), pool.device),
+        amp=str(cfg["amp"]),
+        postprocess_workers=0 if ref else post_workers(cfg["postprocess_workers"], pool.device),
         fallback_unfiltered_quirk=quirks["fallback_unfiltered_quirk"],
         crf_one_hot_quirk=quirks["crf_one_hot_quirk"],
     )
+
+
+def apply_cam_alias(cfg: dict[str, Any]) -> None:
+    """`model.cam=clip_es|gradcam`, kept for old commands, sets the CLIP-ES proposer's refinement."""
+    cam = cfg.get("cam")
+    if cam is None:
+        return
+    if cam not in CAM_TYPES:
+        raise ValueError(f"unknown model.cam {cam!r}; valid: {', '.join(CAM_TYPES)} "
+                         "(or choose the proposer itself: model/proposer=clip_es|gradcam|dense_maskclip|dense_sclip)")
+    if cfg["proposer"].get("_target_") != CLIP_ES_TARGET:
+        raise ValueError(f"model.cam={cam} switches the CLIP-ES proposer, but model.proposer is "
+                         f"{cfg['proposer'].get('_target_')}; drop model.cam and use model/proposer=…")
+    cfg["proposer"]["refine"] = CAM_TYPES[cam]
 
 
 def post_workers(value: int | str, device: torch.device) -> int:
@@ -188,9 +202,9 @@ def build_ovseg(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Back
 
 
 def _clip_es(cfg: dict[str, Any], postprocess: PostProcess | None, pool: BackbonePool) -> Segmenter:
-    from carbench.models.baselines.clip_es import build_clip_es
+    from carbench.models.baselines.clip_es import clip_es_config
 
-    return build_clip_es(cfg, postprocess, pool)
+    return build_car(clip_es_config(cfg), postprocess, pool)
 
 
 def _precomputed(cfg: dict[str, Any], postprocess: PostProcess | None, pool: BackbonePool) -> Segmenter:

@@ -2,7 +2,8 @@
 
 A preset pins an open_clip architecture, the default weights (an open_clip pretrained tag, a
 local checkpoint path, or `None` for a seeded random init) and the classifier input size, so
-`python evaluate.py model.classifier=vitl14` means exactly one thing. The paper uses OpenAI's
+`python evaluate.py model.classifier=vitl14` means exactly one thing. How a preset is turned into a
+model is its `builder` kind's job (`carbench.models.backbones.registry`). The paper uses OpenAI's
 weights, which were trained with QuickGELU: their presets name the `-quickgelu` architectures
 so the activation matches the checkpoint (a plain `ViT-B-16` + `openai` silently differs).
 """
@@ -18,7 +19,7 @@ class BackbonePreset:
     arch: str  # open_clip model config name
     pretrained: str | None  # open_clip tag, local checkpoint path, or None = random init (seeded)
     image_size: int  # classifier input size (short-side resize + centre crop)
-    builder: str = "open_clip"  # "open_clip", "toy" (the project's own trained tiny CLIP) or "ovseg"
+    builder: str = "open_clip"  # a kind in backbones/registry.py: "open_clip", "toy" (our tiny CLIP), "ovseg"
     note: str = ""
 
 
@@ -55,3 +56,11 @@ def get_preset(name: str) -> BackbonePreset:
             f"unknown backbone preset {name!r}; valid presets: {', '.join(sorted(PRESETS))} "
             "(set model.proposal / model.classifier to one of them; defined in src/carbench/models/presets.py)"
         ) from None
+
+
+def register_preset(preset: BackbonePreset) -> BackbonePreset:
+    """Add a preset (e.g. one whose `builder` is a kind registered from user code); names are unique."""
+    if preset.name in PRESETS:
+        raise ValueError(f"backbone preset {preset.name!r} already exists ({PRESETS[preset.name]}); choose another name")
+    PRESETS[preset.name] = preset
+    return preset

@@ -26,20 +26,74 @@ for the outlines is a deliberate departure: the official centroid of an empty ma
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 #: Official application order (car-method.md §1.4). "crop" from the paper is not in the code.
-PROMPT_ORDER: tuple[str, ...] = ("blur", "gray", "black", "circle", "rectangle", "contour")
+OFFICIAL_ORDER: tuple[str, ...] = ("blur", "gray", "black", "circle", "rectangle", "contour")
+PROMPT_ORDER = OFFICIAL_ORDER  # the name the demo and older code use
 
 #: Red in RGB, the colour of every outline prompt in the official code.
 RED = (255, 0, 0)
 
 
+@dataclass(frozen=True)
+class PromptContext:
+    """What a prompt function may use besides the image so far and the mask."""
+
+    geometry: tuple[tuple[int, int], tuple[int, int]] | None  # (centre x, y), (half w, half h); None = empty mask
+    gray_bgr_quirk: bool
+    blur_kernel: int
+    color: tuple[int, int, int]
+    thickness: int
+
+
+#: prompt function: (image so far H×W×3 uint8, mask H×W bool, context) → new H×W×3 uint8 image
+PromptFn = Callable[[np.ndarray, np.ndarray, PromptContext], np.ndarray]
+#: name → (position in the application order, function). Filled by `register_prompt`.
+PROMPTS: dict[str, tuple[float, PromptFn]] = {}
+
+
+def register_prompt(name: str, order: float) -> Callable[[PromptFn], PromptFn]:
+    """Decorator: make `fn` the visual prompt `name`, applied at position `order` (built-ins: 0..5
+    in `OFFICIAL_ORDER`, so e.g. 3.5 runs after circle and before rectangle).
+
+    A prompt defined outside carbench registers itself when its module is imported; list that
+    module in `model.prompt_modules` and the prompt's name in `model.visual_prompts`.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a visual prompt needs a non-empty name, got {name!r}")
+
+    def add(fn: PromptFn) -> PromptFn:
+        if name in PROMPTS and PROMPTS[name][1] is not fn:
+            raise ValueError(f"visual prompt {name!r} is already registered by {PROMPTS[name][1].__module__}; "
+                             "pick another name")
+        PROMPTS[name] = (float(order), fn)
+        return fn
+
+    return add
+
+
+def import_prompt_modules(modules: Sequence[str]) -> None:
+    """Import each module of `model.prompt_modules` (they register their prompts on import)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"model.prompt_modules: cannot import {module!r} ({e}); it must be importable "
+                             "in this environment (installed, or on PYTHONPATH)") from e
+
+
+def _ordered() -> list[str]:
+    return sorted(PROMPTS, key=lambda n: PROMPTS[n][0])
+
+
 def validate_prompts(prompts: Sequence[str]) -> tuple[str, ...]:
-    """Check prompt names and return them de-duplicated in `PROMPT_ORDER`.
+    """Check prompt names and return them de-duplicated in the registered order (`OFFICIAL_ORDER` for the built-ins).
 
     Sorting here (rather than trusting the config order) is what makes the result independent of
     how a config lists the prompts, matching the official fixed application order.
@@ -47,18 +101,18 @@ def validate_prompts(prompts: Sequence[str]) -> tuple[str, ...]:
     if isinstance(prompts, str):  # a bare string would otherwise be split into letters
         prompts = [prompts]
     names = list(prompts)
+    valid = ", ".join(_ordered())
     if not names:
-        raise ValueError(
-            f"at least one visual prompt is required; set model.visual_prompts to a list of: {', '.join(PROMPT_ORDER)}"
-        )
-    unknown = sorted({p for p in names if p not in PROMPT_ORDER}, key=str)
+        raise ValueError(f"at least one visual prompt is required; set model.visual_prompts to a list of: {valid}")
+    unknown = sorted({p for p in names if p not in PROMPTS}, key=str)
     if unknown:
         raise ValueError(
-            f"unknown visual prompt(s) {unknown}; valid: {', '.join(PROMPT_ORDER)} "
-            "(set model.visual_prompts to a list of these, e.g. [circle, blur])"
+            f"unknown visual prompt(s) {unknown}; valid: {valid} "
+            "(set model.visual_prompts to a list of these, e.g. [circle, blur]; a prompt of your own must be "
+            "registered with register_prompt in a module listed in model.prompt_modules)"
         )
     present = set(names)
-    return tuple(p for p in PROMPT_ORDER if p in present)
+    return tuple(p for p in _ordered() if p in present)
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -113,7 +167,7 @@ def apply_visual_prompts(
     color: tuple[int, int, int] = RED,
     thickness: int = 1,
 ) -> np.ndarray:
-    """Return a NEW H×W×3 uint8 image with `prompts` applied for `mask`, in `PROMPT_ORDER`.
+    """Return a NEW H×W×3 uint8 image with `prompts` applied for `mask`, in the registered order.
 
     image: H×W×3 uint8 RGB (never modified). mask: H×W bool, True = the proposal's region.
     Each prompt acts on the output of the previous one (e.g. gray after blur grays the blurred
@@ -130,35 +184,10 @@ def apply_visual_prompts(
         raise ValueError(f"color must be three values in [0, 255], got {color}")
 
     out = np.ascontiguousarray(image).copy()
-    inside = mask[..., None]
-    nonempty = bool(mask.any())
-    geometry = _centre_and_half_sizes(mask, centroid_trunc_quirk) if nonempty else None
-
+    geometry = _centre_and_half_sizes(mask, centroid_trunc_quirk) if mask.any() else None
+    ctx = PromptContext(geometry, gray_bgr_quirk, blur_kernel, color, thickness)
     for name in order:
-        if name == "blur":
-            blurred = cv2.GaussianBlur(out, (blur_kernel, blur_kernel), 0)
-            out = np.where(inside, out, blurred)
-        elif name == "gray":
-            code = cv2.COLOR_BGR2GRAY if gray_bgr_quirk else cv2.COLOR_RGB2GRAY
-            gray = cv2.cvtColor(out, code)
-            out = np.where(inside, out, np.repeat(gray[..., None], 3, axis=2))
-        elif name == "black":
-            out = np.where(inside, out, np.uint8(0))
-        elif geometry is None:
-            continue  # outline prompts have nothing to outline on an empty mask
-        elif name == "circle":
-            (cx, cy), (ax, ay) = geometry
-            out = np.ascontiguousarray(out)
-            cv2.ellipse(out, (cx, cy), (ax, ay), 0, 0, 360, color, thickness)
-        elif name == "rectangle":
-            (cx, cy), (ax, ay) = geometry
-            out = np.ascontiguousarray(out)
-            cv2.rectangle(out, (cx - ax, cy - ay), (cx + ax, cy + ay), color, thickness)
-        elif name == "contour":
-            filled = _fill_holes(mask.astype(np.uint8))
-            contours, _ = cv2.findContours(filled, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-            out = np.ascontiguousarray(out)
-            cv2.drawContours(out, contours, -1, color, thickness)
+        out = PROMPTS[name][1](out, mask, ctx)
     return out.astype(np.uint8, copy=False)
 
 
@@ -188,4 +217,56 @@ def prompt_images(
             out.append(image.copy())
         else:
             out.append(apply_visual_prompts(image, soft > eta, order, **kw))
+    return out
+
+
+# ------------------------------------------------------------------ the built-in prompts, official order
+
+
+@register_prompt("blur", 0)
+def _blur(out: np.ndarray, mask: np.ndarray, ctx: PromptContext) -> np.ndarray:
+    blurred = cv2.GaussianBlur(out, (ctx.blur_kernel, ctx.blur_kernel), 0)
+    return np.where(mask[..., None], out, blurred)
+
+
+@register_prompt("gray", 1)
+def _gray(out: np.ndarray, mask: np.ndarray, ctx: PromptContext) -> np.ndarray:
+    code = cv2.COLOR_BGR2GRAY if ctx.gray_bgr_quirk else cv2.COLOR_RGB2GRAY
+    gray = cv2.cvtColor(np.ascontiguousarray(out), code)
+    return np.where(mask[..., None], out, np.repeat(gray[..., None], 3, axis=2))
+
+
+@register_prompt("black", 2)
+def _black(out: np.ndarray, mask: np.ndarray, ctx: PromptContext) -> np.ndarray:
+    return np.where(mask[..., None], out, np.uint8(0))
+
+
+@register_prompt("circle", 3)
+def _circle(out: np.ndarray, mask: np.ndarray, ctx: PromptContext) -> np.ndarray:
+    if ctx.geometry is None:
+        return out  # nothing to outline on an empty mask
+    (cx, cy), (ax, ay) = ctx.geometry
+    out = np.ascontiguousarray(out)
+    cv2.ellipse(out, (cx, cy), (ax, ay), 0, 0, 360, ctx.color, ctx.thickness)
+    return out
+
+
+@register_prompt("rectangle", 4)
+def _rectangle(out: np.ndarray, mask: np.ndarray, ctx: PromptContext) -> np.ndarray:
+    if ctx.geometry is None:
+        return out
+    (cx, cy), (ax, ay) = ctx.geometry
+    out = np.ascontiguousarray(out)
+    cv2.rectangle(out, (cx - ax, cy - ay), (cx + ax, cy + ay), ctx.color, ctx.thickness)
+    return out
+
+
+@register_prompt("contour", 5)
+def _contour(out: np.ndarray, mask: np.ndarray, ctx: PromptContext) -> np.ndarray:
+    if ctx.geometry is None:
+        return out
+    filled = _fill_holes(mask.astype(np.uint8))
+    contours, _ = cv2.findContours(filled, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    out = np.ascontiguousarray(out)
+    cv2.drawContours(out, contours, -1, ctx.color, ctx.thickness)
     return out

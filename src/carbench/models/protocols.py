@@ -8,7 +8,7 @@ ProxyCLIP, …; peers.md §1.1), around any segmenter, so CaR can be compared on
 1. resize so the short side is 336 (long side ≤ 2048, aspect kept, mmseg `Resize(2048, 336)`);
 2. slide 224×224 windows with stride 112 (last window flush with the border), average the
    per-window outputs where windows overlap, upsample bilinearly to the original size;
-3. text: the 80 OpenAI ImageNet templates (set on the model), and a query with comma-separated
+3. text: the 80 OpenAI ImageNet templates (passed to the model on every call), and a query with comma-separated
    synonyms ("person, person in shirt") is split, each synonym a text, the class score the max;
 4. background: the protocol's background words compete as texts (SCLIP's VOC21 name file starts
    with such a line); `area_threshold` drops foreground classes covering less than that share of
@@ -34,7 +34,14 @@ import numpy as np
 import torch
 
 from carbench.models.baselines.common import check_image, check_queries
-from carbench.types import BACKGROUND, Prediction, Segmenter
+from carbench.types import (
+    BACKGROUND,
+    DenseSimilarity,
+    Prediction,
+    SampleSegmenter,
+    Segmenter,
+    TextOverridable,
+)
 
 PROTOCOLS = ("car", "sclip")
 
@@ -89,16 +96,6 @@ def split_synonyms(queries: Sequence[str], background: Sequence[str], split: boo
     return texts, owner
 
 
-def set_templates(model: Any, templates: list[str]) -> None:
-    """Give the model the protocol's text templates; a model without any is an error, not ignored."""
-    if hasattr(model, "templates"):
-        model.templates = list(templates)
-    elif hasattr(model, "classifier") and hasattr(model.classifier, "templates"):
-        model.classifier.templates = list(templates)  # CaR: the mask classifier's templates
-    else:
-        raise ValueError(f"protocol=sclip sets text templates, but {type(model).__name__} has none to set")
-
-
 @dataclass
 class SclipParams:
     short_side: int = 336
@@ -117,21 +114,25 @@ class SclipProtocol:
     """Wraps any segmenter with SCLIP's inference protocol; itself a `Segmenter`."""
 
     def __init__(self, inner: Segmenter, params: SclipParams | None = None) -> None:
-        if hasattr(inner, "segment_sample"):
+        if isinstance(inner, SampleSegmenter):
             raise ValueError("protocol=sclip re-runs a model on resized windows; precomputed predictions cannot be")
         self.inner = inner
         self.params = params or SclipParams()
         p = self.params
         if p.crop < 1 or p.stride < 1 or p.short_side < 1:
             raise ValueError(f"protocol sizes must be positive: crop={p.crop} stride={p.stride} short={p.short_side}")
-        templates = imagenet_templates() if p.templates == "imagenet80" else list(p.templates)
-        set_templates(inner, templates)
-        self.dense = hasattr(inner, "dense_similarity")
+        # the protocol's templates are passed on every call; the wrapped model is never modified
+        self.templates = imagenet_templates() if p.templates == "imagenet80" else list(p.templates)
+        self.dense = isinstance(inner, DenseSimilarity)
+        if not self.dense and not isinstance(inner, TextOverridable):
+            raise ValueError(f"protocol=sclip runs the model with its own text templates, but "
+                             f"{type(inner).__name__} takes no templates per call (no text_defaults / "
+                             "segment(..., templates=…)); use protocol=car for it")
 
     def _window_scores(self, crop: np.ndarray, texts: list[str]) -> np.ndarray:
         if self.dense:
-            return self.inner.dense_similarity(crop, texts).float().cpu().numpy()
-        return self.inner.segment(crop, texts).masks.astype(np.float32)
+            return self.inner.dense_similarity(crop, texts, templates=self.templates).float().cpu().numpy()
+        return self.inner.segment(crop, texts, templates=self.templates).masks.astype(np.float32)
 
     def segment(self, image: np.ndarray, queries: list[str]) -> Prediction:
         check_image(image)

@@ -19,23 +19,21 @@ Two official-code fallbacks are switches (docs/method.md §5.2; both default to 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from carbench.models.classifier import MaskClassifier
+from carbench.models.backbones.device import autocast, check_amp
+from carbench.models.components import KeyedProposer, MaskScorer, Proposer, WarmsScorerText, WarmsText
 from carbench.models.labels import assemble_semantic_labels
 from carbench.models.postprocess.crf import one_hot_channels
 from carbench.models.postprocess.pool import PostprocessPool
 from carbench.models.prompts import prompt_images, validate_prompts
-from carbench.models.proposals.clip_es import ClipESProposer
 from carbench.models.queries import check_background_queries, check_query_list
 from carbench.types import Prediction
 
-AMP_DTYPES = {"auto": None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PostProcess = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (image, K×H×W maps) → K×H×W masks
 
 
@@ -57,18 +55,26 @@ def check_unit_interval(name: str, value: object) -> float:
 
 
 class CaR:
-    """CLIP as RNN for semantic segmentation; implements the `Segmenter` protocol."""
+    """CLIP as RNN for semantic segmentation; implements `Segmenter` and `TextOverridable`.
+
+    The loop talks to its parts only through `Proposer` and `MaskScorer` (models/components.py).
+    `background_queries` are this model's default background words, handed to the proposer on
+    every call; `segment(..., background=…, templates=…)` replaces them (and the scorer's
+    templates) for one call, which is how the stuff pass and the inference protocols use it.
+    `device` is where the CLIP work runs (it decides the autocast).
+    """
 
     def __init__(
         self,
-        proposer: ClipESProposer,
-        classifier: MaskClassifier,
+        proposer: Proposer,
+        classifier: MaskScorer,
         mask_threshold: float = 0.4,
         confidence_threshold: float = 0.6,
         visual_prompts: Sequence[str] = ("circle", "blur"),
         postprocess: PostProcess | None = None,
         max_steps: int | None = None,
-        cam_text_quirk: bool = True,
+        background_queries: Sequence[str] = (),
+        device: torch.device | str = "cpu",
         prompt_kwargs: dict | None = None,
         reuse_unchanged_step: bool = True,
         amp: str = "auto",
@@ -87,39 +93,45 @@ class CaR:
         self.prompts = validate_prompts(visual_prompts)
         self.postprocess = postprocess
         self.max_steps = max_steps
-        self.cam_text_quirk = cam_text_quirk
+        self.background_queries = list(background_queries)
+        self.device = torch.device(device)
         self.prompt_kwargs = prompt_kwargs or {}
         self.reuse_unchanged_step = reuse_unchanged_step
         self.fallback_unfiltered_quirk = fallback_unfiltered_quirk
         self.crf_one_hot_quirk = crf_one_hot_quirk
-        if amp not in AMP_DTYPES:
-            raise ValueError(f"unknown model.amp {amp!r}; set model.amp to one of: {', '.join(AMP_DTYPES)}")
-        self.amp = amp
+        self.amp = check_amp(amp)
         # > 0: post-processing runs in worker processes and `segment_deferred` overlaps it with the
         # next image's CLIP work (the engine's pipelined loop); outputs are identical either way.
         self.post_pool = PostprocessPool(postprocess, postprocess_workers) if postprocess and postprocess_workers else None
 
     def autocast(self):
         """bf16/fp16 autocast for the CLIP work on CUDA ("auto" = bf16 there); CPU stays fp32, bit-exact."""
-        device = self.classifier.backbone.device
-        dtype = AMP_DTYPES[self.amp] if self.amp != "auto" else (torch.bfloat16 if device.type == "cuda" else None)
-        if dtype is None or device.type != "cuda":
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=dtype)
+        return autocast(self.device, self.amp)
 
-    def cam_texts(self, queries: Sequence[str], step: int) -> list[str]:
-        """Quirk A: raw query text in stage 1, the CAM template from stage 2 on (switchable)."""
-        if step == 1 and self.cam_text_quirk:
-            return list(queries)
-        return [self.proposer.cam_template.format(q) for q in queries]
+    def text_defaults(self) -> tuple[list[str], list[str] | None]:
+        """(background words, scorer templates or None = the scorer's own) used when a call passes none."""
+        return list(self.background_queries), None
 
-    def warm_text(self, queries: Sequence[str]) -> None:
-        """Encode every text the loop can need up front (cached per backbone, so ~free after image 1)."""
-        self.proposer.text_matrix(self.cam_texts(queries, 1))
-        self.proposer.text_matrix(self.cam_texts(queries, 2))
-        self.classifier.backbone.encode_text(queries, self.classifier.templates)
+    def warm_text(self, queries: Sequence[str], background: Sequence[str], templates: Sequence[str] | None) -> None:
+        """Let the parts that can encode their texts up front do so (cached, so ~free after image 1)."""
+        if isinstance(self.proposer, WarmsText):
+            self.proposer.warm(queries, background)
+        if isinstance(self.classifier, WarmsScorerText):
+            self.classifier.warm_text(queries, templates)
 
-    def run_loop(self, image: np.ndarray, queries: Sequence[str]):
+    def _step_key(self, names: list[str], background: Sequence[str], step: int):
+        """What this step's proposals depend on, or None when the proposer cannot say (never reused)."""
+        if isinstance(self.proposer, KeyedProposer):
+            return self.proposer.proposal_key(names, background, step)
+        return None
+
+    def run_loop(
+        self,
+        image: np.ndarray,
+        queries: Sequence[str],
+        background: Sequence[str] = (),
+        templates: Sequence[str] | None = None,
+    ):
         """The recurrence alone: returns (alive indices, maps, their scores, trace).
 
         The maps are those handed to the post-processing: one per alive query, except after the
@@ -136,23 +148,23 @@ class CaR:
         while True:
             step += 1
             names = [queries[i] for i in alive]
-            texts = self.cam_texts(names, step)
+            key = self._step_key(names, background, step)
             t0 = time.perf_counter()
-            if self.reuse_unchanged_step and last is not None and last[0] == texts:
-                # Same CAM texts as the step before (all survived, no quirk-A template switch): the
-                # maps and scores would be recomputed bit for bit, so reuse them.
+            if self.reuse_unchanged_step and last is not None and key is not None and last[0] == key:
+                # The proposer says this step's maps equal the last step's (all survived, e.g. no
+                # quirk-A template switch): maps and scores would be recomputed bit for bit, so reuse them.
                 _, maps, scores, prompted = last
                 t1 = t2 = t3 = time.perf_counter()
             else:
-                maps = self.proposer.propose(image, texts)
+                maps = self.proposer.propose(image, names, background, step)
                 if not self.fallback_unfiltered_quirk and prev_maps is not None and not maps.any():
                     maps = prev_maps  # clean fallback: before prompting, the survivors' own maps
                 t1 = time.perf_counter()
                 prompted = prompt_images(image, maps, self.prompts, self.eta, **self.prompt_kwargs)
                 t2 = time.perf_counter()
-                scores = self.classifier.score(prompted, names)
+                scores = self.classifier.score(prompted, names, templates)
                 t3 = time.perf_counter()
-            last = (texts, maps, scores, prompted)
+            last = (key, maps, scores, prompted)
             out = maps
             if self.fallback_unfiltered_quirk and prev_out is not None and not maps.any():
                 out = prev_out  # official fallback: only what is handed on changes
@@ -179,18 +191,21 @@ class CaR:
             alive = [a for a, k in zip(alive, keep, strict=True) if k]
             prev_maps = maps[keep]
 
-    def _clip_stage(self, image: np.ndarray, queries: list[str]):
+    def _clip_stage(
+        self, image: np.ndarray, queries: list[str], background: Sequence[str] | None, templates: Sequence[str] | None
+    ):
         """Everything before post-processing: text warm-up and the recurrence."""
         queries = check_queries(queries)
-        check_background_queries(queries, getattr(self.proposer, "background_queries", ()))
+        background = self.background_queries if background is None else list(background)
+        check_background_queries(queries, background)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be H×W×3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
         t0 = time.perf_counter()
         with self.autocast():
-            self.warm_text(queries)
+            self.warm_text(queries, background, templates)
         t_text = time.perf_counter() - t0
         with self.autocast():
-            alive, maps, scores, trace = self.run_loop(image, queries)
+            alive, maps, scores, trace = self.run_loop(image, queries, background, templates)
         trace[0]["time"]["text"] = t_text
         return queries, alive, maps, scores, trace
 
@@ -213,8 +228,16 @@ class CaR:
         labels = assemble_semantic_labels(masks, full_scores)
         return Prediction(labels=labels, masks=masks, scores=full_scores, kept=list(alive), trace=trace)
 
-    def segment(self, image: np.ndarray, queries: list[str]) -> Prediction:
-        queries, alive, maps, scores, trace = self._clip_stage(image, queries)
+    def segment(
+        self,
+        image: np.ndarray,
+        queries: list[str],
+        *,
+        background: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+    ) -> Prediction:
+        """One image: the recurrence, then the post-processing (None = this model's own texts)."""
+        queries, alive, maps, scores, trace = self._clip_stage(image, queries, background, templates)
         t0 = time.perf_counter()
         final = self.postprocess(image, maps).astype(np.float32) if self.postprocess else maps
         return self._assemble(image, queries, alive, final, scores, trace, time.perf_counter() - t0)
@@ -229,7 +252,7 @@ class CaR:
         if self.post_pool is None:
             pred = self.segment(image, queries)
             return lambda: pred
-        queries, alive, maps, scores, trace = self._clip_stage(image, queries)
+        queries, alive, maps, scores, trace = self._clip_stage(image, queries, None, None)
         future = self.post_pool.submit(image, maps)
 
         def finish() -> Prediction:

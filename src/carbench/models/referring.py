@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from carbench.models.factory import build_postprocess, build_segmenter
 from carbench.models.labels import merge_referring
 from carbench.models.postprocess.crf import DenseCRF
-from carbench.types import BACKGROUND, Prediction, Segmenter
+from carbench.types import BACKGROUND, Prediction, SampleSegmenter, Segmenter
 
 __all__ = ["ReferringCaR", "build_referring_segmenter"]
 
@@ -84,6 +84,6 @@ def build_referring_segmenter(
         raise ValueError(f"referring segmentation supports postprocess=crf or none, not {type(post).__name__}")
     min_area = float(model_cfg.get("referring_min_area", 0.05))  # official merge_masks_simple: 5 % of the image
     base = build_segmenter(model_cfg, None, device=device, seed=seed)
-    if hasattr(base, "segment_sample"):  # precomputed masks are final: score them as they are
+    if isinstance(base, SampleSegmenter):  # precomputed masks are final: score them as they are
         return base
     return ReferringCaR(base, post, min_area)

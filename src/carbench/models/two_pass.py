@@ -14,8 +14,10 @@ words, so asking for them in the same pass as things would make them fight their
 (The paper says things also use the stuff names as background; the released code uses the generic
 list for things — we follow the code, car-method.md §1.7 "discrepancy".)
 
-Selected by ``model.two_pass`` in the dataset config (conf/dataset/context.yaml); the engine builds it
-with `build_two_pass` instead of `build_segmenter`. Both passes share one loaded copy of each CLIP.
+Selected by ``model.two_pass`` in the (dataset, model) specialising config
+(conf/dataset_model/context_car.yaml); `models.build.build_model` builds it with `build_two_pass`
+instead of `build_segmenter`. Both passes share one loaded copy of each CLIP. The stuff pass gets the
+thing queries as background words per call (`segment(..., background=…)`), so neither CaR is modified.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class TwoPassCaR:
 
     Args:
         thing: CaR configured for things (generic background words, thing prompts, thing CRF).
-        stuff: CaR configured for stuff; its CAM background words are set to the thing queries per call.
+        stuff: CaR configured for stuff; it gets the thing queries as background words on every call.
         stuff_queries: the query strings that are stuff, in the order the stuff pass receives them
             (the official list order); every other query is a thing, kept in query order.
     """
@@ -61,7 +63,19 @@ class TwoPassCaR:
         stuff_set = set(stuff_idx)
         return [i for i in range(len(queries)) if i not in stuff_set], stuff_idx
 
-    def segment(self, image: np.ndarray, queries: list[str]) -> Prediction:
+    def text_defaults(self) -> tuple[list[str], list[str] | None]:
+        """The things pass's background words and templates (`TextOverridable`)."""
+        return self.thing.text_defaults()
+
+    def segment(
+        self,
+        image: np.ndarray,
+        queries: list[str],
+        *,
+        background: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+    ) -> Prediction:
+        """Both passes; `background` replaces the things pass's words, `templates` both passes' (None = own)."""
         thing_idx, stuff_idx = self.split(queries)
         h, w = image.shape[:2]
         labels = np.full((h, w), BACKGROUND, dtype=np.int64)
@@ -73,9 +87,9 @@ class TwoPassCaR:
         for name, model, idx in (("stuff", self.stuff, stuff_idx), ("thing", self.thing, thing_idx)):
             if not idx:
                 continue
-            if name == "stuff":
-                model.proposer.background_queries = [queries[i] for i in thing_idx]
-            pred = model.segment(image, [queries[i] for i in idx])
+            # the stuff pass's background words are this image's thing queries, passed per call
+            bg = [queries[i] for i in thing_idx] if name == "stuff" else background
+            pred = model.segment(image, [queries[i] for i in idx], background=bg, templates=templates)
             own = assemble_semantic_labels(pred.masks, pred.scores)  # this pass's painting, ascending score
             lut = np.asarray(idx, dtype=np.int64)
             painted = own != BACKGROUND
@@ -83,7 +97,8 @@ class TwoPassCaR:
             masks[idx] = pred.masks
             scores[idx] = pred.scores
             kept += [idx[k] for k in pred.kept]
-            trace += [{**step, "pass": name} for step in pred.trace]
+            # a step's alive/kept indices point into this pass's query list; query_ids maps them to `queries`
+            trace += [{**step, "pass": name, "query_ids": list(idx)} for step in pred.trace]
         return Prediction(labels=labels, masks=masks, scores=scores, kept=sorted(kept), trace=trace)
 
 
@@ -113,7 +128,7 @@ def build_two_pass(
     post = _plain(postprocess_cfg)
     if post.get("name", "none") == "crf" and tp.get("stuff_bg_factor") is not None:
         post["bg_factor"] = float(tp["stuff_bg_factor"])
-    stuff_cfg = {**cfg, "background_queries": []}  # set to the thing queries at every call
+    stuff_cfg = {**cfg, "background_queries": []}  # the thing queries are passed at every call
     if tp.get("stuff_visual_prompts"):
         stuff_cfg["visual_prompts"] = list(tp["stuff_visual_prompts"])
     stuff = build_car(stuff_cfg, build_postprocess(post), pool)

@@ -1,4 +1,4 @@
-"""What the baseline segmenters share: input checks, autocast, text embeddings, label maps.
+"""What the baseline segmenters share: input checks, text embeddings, label maps.
 
 Every baseline turns per-pixel class probabilities over [queries ; background queries] into a
 `Prediction` the same way, so differences between baselines are differences of method, not of
@@ -10,19 +10,17 @@ CaR's proposals (`apply_postprocess`), so "+CRF" means the same thing for every 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from carbench.models import queries as queries_mod
 from carbench.models.labels import assemble_semantic_labels
-from carbench.models.recurrent import AMP_DTYPES, PostProcess, check_queries
+from carbench.models.recurrent import PostProcess, check_queries
 from carbench.types import BACKGROUND, Prediction
 
 __all__ = [
-    "apply_postprocess", "autocast", "check_background_queries", "check_image", "check_queries", "probs_to_prediction",
+    "apply_postprocess", "check_background_queries", "check_image", "check_queries", "probs_to_prediction",
 ]
 
 
@@ -34,16 +32,6 @@ def check_image(image: np.ndarray) -> None:
 def check_background_queries(queries: Sequence[str], background: Sequence[str]) -> list[str]:
     """Background queries get the foreground queries' checks and may not repeat a query (models/queries.py)."""
     return queries_mod.check_background_queries(queries, background)
-
-
-def autocast(device: torch.device, amp: str):
-    """bf16/fp16 autocast on CUDA ("auto" = bf16 there), plain fp32 on CPU — as CaR does."""
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"unknown model.amp {amp!r}; valid: {', '.join(AMP_DTYPES)}")
-    dtype = AMP_DTYPES[amp] if amp != "auto" else (torch.bfloat16 if device.type == "cuda" else None)
-    if dtype is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
 
 
 def probs_to_prediction(

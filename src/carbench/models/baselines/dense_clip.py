@@ -28,15 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from carbench.models.backbones.device import autocast
+from carbench.models.backbones.vit import ClipBackbone
 from carbench.models.baselines.common import (
     apply_postprocess,
-    autocast,
     check_background_queries,
     check_image,
     check_queries,
     probs_to_prediction,
 )
-from carbench.models.clip import ClipBackbone
 from carbench.models.recurrent import PostProcess
 from carbench.types import Prediction
 
@@ -109,21 +109,36 @@ class DenseClip:
             feats = feats @ bb.visual.proj
         return F.normalize(feats.float(), dim=-1), grid
 
+    def text_defaults(self) -> tuple[list[str], list[str] | None]:
+        """This model's background words and templates (`TextOverridable`)."""
+        return list(self.background_queries), list(self.templates)
+
     @torch.no_grad()
-    def dense_similarity(self, image: np.ndarray, texts: Sequence[str]) -> torch.Tensor:
-        """Cosine similarity [T, H, W] of every pixel with each text (templates averaged), bilinear."""
+    def dense_similarity(
+        self, image: np.ndarray, texts: Sequence[str], templates: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """Cosine similarity [T, H, W] of every pixel with each text (templates averaged; None = own), bilinear."""
         check_image(image)
         with autocast(self.backbone.device, self.amp):
             feats, (gh, gw) = self.patch_features(image)
-            text = self.backbone.encode_text_averaged(list(texts), self.templates).float()
+            text = self.backbone.encode_text_averaged(list(texts), list(templates or self.templates)).float()
         cos = (feats @ text.T).T.reshape(len(texts), 1, gh, gw)
         return F.interpolate(cos, size=image.shape[:2], mode="bilinear", align_corners=False)[:, 0]
 
-    def segment(self, image: np.ndarray, queries: list[str]) -> Prediction:
+    def segment(
+        self,
+        image: np.ndarray,
+        queries: list[str],
+        *,
+        background: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+    ) -> Prediction:
+        """Dense classification of one image (`background` / `templates`: None = this model's own)."""
         queries = check_queries(queries)
-        texts = queries + check_background_queries(queries, self.background_queries)
+        bg = self.background_queries if background is None else list(background)
+        texts = queries + check_background_queries(queries, bg)
         t0 = time.perf_counter()
-        probs = (self.logit_scale * self.dense_similarity(image, texts)).softmax(0).cpu().numpy()
+        probs = (self.logit_scale * self.dense_similarity(image, texts, templates)).softmax(0).cpu().numpy()
         trace = [{"step": 1, "alive": list(range(len(queries))), "time": {"dense": time.perf_counter() - t0}}]
         pred = probs_to_prediction(probs, len(queries), self.prob_threshold, trace=trace)
         trace[0]["kept"] = list(pred.kept)

@@ -24,15 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from carbench.models.backbones.device import autocast
+from carbench.models.backbones.vit import ClipBackbone
 from carbench.models.baselines.common import (
     apply_postprocess,
-    autocast,
     check_background_queries,
     check_image,
     check_queries,
     probs_to_prediction,
 )
-from carbench.models.clip import ClipBackbone
 from carbench.models.recurrent import PostProcess
 from carbench.types import Prediction
 
@@ -124,8 +124,10 @@ class OVSegStyle:
         self.postprocess = postprocess
 
     @torch.no_grad()
-    def region_probs(self, image: np.ndarray, masks: np.ndarray, texts: Sequence[str]) -> torch.Tensor:
-        """Class distribution [N, T] of each proposal over the texts."""
+    def region_probs(
+        self, image: np.ndarray, masks: np.ndarray, texts: Sequence[str], templates: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """Class distribution [N, T] of each proposal over the texts (templates: None = this model's own)."""
         bb = self.backbone
         mean = bb.mean.view(3).tolist()
         crops, crop_masks = region_crops(image, masks, mean, self.expand_ratio)
@@ -138,13 +140,26 @@ class OVSegStyle:
                     embs.append(encode_with_mask_prompt(bb, x, m, bb.mask_embedding))
                 else:
                     embs.append(bb.encode_images(x))
-            text = bb.encode_text_averaged(list(texts), self.templates).float()
+            text = bb.encode_text_averaged(list(texts), list(templates or self.templates)).float()
         return (self.logit_scale * torch.cat(embs) @ text.T).softmax(-1)
 
-    def segment(self, image: np.ndarray, queries: list[str]) -> Prediction:
+    def text_defaults(self) -> tuple[list[str], list[str] | None]:
+        """This model's background words and templates (`TextOverridable`)."""
+        return list(self.background_queries), list(self.templates)
+
+    def segment(
+        self,
+        image: np.ndarray,
+        queries: list[str],
+        *,
+        background: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+    ) -> Prediction:
+        """SAM regions classified by CLIP (`background` / `templates`: None = this model's own)."""
         check_image(image)
         queries = check_queries(queries)
-        texts = queries + check_background_queries(queries, self.background_queries)
+        bg = self.background_queries if background is None else list(background)
+        texts = queries + check_background_queries(queries, bg)
         t0 = time.perf_counter()
         masks = np.asarray(self.masker(image), dtype=bool)
         masks = masks[masks.reshape(len(masks), -1).any(1)] if len(masks) else masks
@@ -153,7 +168,7 @@ class OVSegStyle:
         if len(masks) == 0:
             probs, covered = np.zeros((len(texts), h, w), np.float32), np.zeros((h, w), bool)
         else:
-            cls = self.region_probs(image, masks, texts).cpu().numpy()  # [N, T]
+            cls = self.region_probs(image, masks, texts, templates).cpu().numpy()  # [N, T]
             count = masks.sum(0)
             covered = count > 0
             probs = np.tensordot(cls.T, masks.astype(np.float32), axes=1) / np.maximum(count, 1)

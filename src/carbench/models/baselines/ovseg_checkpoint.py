@@ -24,6 +24,7 @@ from typing import Any
 import open_clip
 import torch
 
+from carbench.models.backbones.checkpoint_io import safe_torch_load
 from carbench.models.checkpoints import CheckpointError, resolve_checkpoint
 
 OVSEG_CLIP_PREFIX = "clip_adapter.clip_model."
@@ -103,7 +104,7 @@ def load_ovseg_clip(arch: str, pretrained: str | None, seed: int = 0,
         tokens = torch.zeros(OVSEG_MASK_PROMPT_DEPTH, v.grid_size[0] * v.grid_size[1], v.class_embedding.shape[-1])
         return model, tokens
     path: Path = resolve_checkpoint(pretrained, what, OVSEG_PUBLISHED, OVSegCheckpointError)
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = safe_torch_load(path)  # weights_only, never a full unpickle; clear errors for bad files
     try:
         sd, mask_embedding, _ = split_ovseg_state_dict(raw)
         model.load_state_dict(openai_to_open_clip(sd, model), strict=True)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from carbench.models.clip import ClipBackbone, _block_forward
+from carbench.models.backbones.vit import ClipBackbone, block_forward
 
 EPS = 1e-15
 
@@ -89,12 +89,16 @@ def affinity(attn_maps: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class ClipESProposer:
-    """Soft mask proposals for a list of queries, one per query, at the image's native size."""
+    """Soft mask proposals for a list of queries, one per query, at the image's native size.
+
+    Implements `Proposer` (models/components.py). The CAM texts are this proposer's business:
+    background words always carry `cam_template`; the queries do too, except at step 1 when
+    `cam_text_quirk` is on (quirk A: the official code shows the raw query text first).
+    """
 
     def __init__(
         self,
         backbone: ClipBackbone,
-        background_queries: Sequence[str] = (),
         clipes_threshold: float = 0.4,
         refine: bool = True,
         cam_template: str = "a clean origami {}.",
@@ -102,11 +106,13 @@ class ClipESProposer:
         query_chunk: int = 32,
         box_end_quirk: bool = True,
         pil_resize: bool = True,
+        cam_text_quirk: bool = True,
     ) -> None:
         if not 0.0 <= clipes_threshold <= 1.0:
             raise ValueError(f"clipes_threshold (λ) must be in [0, 1], got {clipes_threshold}")
+        if not isinstance(cam_template, str) or cam_template.count("{}") != 1:
+            raise ValueError(f"model.proposer.cam_template needs exactly one '{{}}' slot, got {cam_template!r}")
         self.backbone = backbone
-        self.background_queries = list(background_queries)
         self.lam = clipes_threshold
         self.refine = refine
         self.cam_template = cam_template
@@ -114,6 +120,26 @@ class ClipESProposer:
         self.query_chunk = query_chunk
         self.box_end_quirk = box_end_quirk
         self.pil_resize = pil_resize
+        self.cam_text_quirk = cam_text_quirk
+
+    def cam_texts(self, queries: Sequence[str], step: int) -> list[str]:
+        """Quirk A: raw query text at step 1, the CAM template from step 2 on (switchable)."""
+        if step == 1 and self.cam_text_quirk:
+            return list(queries)
+        return [self.cam_template.format(q) for q in queries]
+
+    def proposal_key(self, queries: Sequence[str], background: Sequence[str], step: int) -> tuple:
+        """The maps depend on the image and exactly these texts (see `KeyedProposer`)."""
+        return tuple(self.cam_texts(queries, step)), tuple(background)
+
+    def warm(self, queries: Sequence[str], background: Sequence[str]) -> None:
+        """Encode both steps' texts now (the backbone caches them, so later steps and images are free)."""
+        self.text_matrix(self.cam_texts(queries, 1), background)
+        self.text_matrix(self.cam_texts(queries, 2), background)
+
+    def propose(self, image: np.ndarray, queries: Sequence[str], background: Sequence[str], step: int) -> np.ndarray:
+        """`Proposer.propose`: this step's CAM texts for `queries`, then `propose_texts`."""
+        return self.propose_texts(image, self.cam_texts(queries, step), background)
 
     def cam_input(self, image: np.ndarray) -> torch.Tensor:
         """The normalised CAM input [1, 3, H', W'], H' and W' the next multiples of the patch size.
@@ -131,12 +157,12 @@ class ClipESProposer:
             image = np.array(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.BICUBIC))
         return self.backbone.to_input(image)
 
-    def text_matrix(self, fg_texts: Sequence[str], with_bg: bool = True) -> torch.Tensor:
+    def text_matrix(self, fg_texts: Sequence[str], background: Sequence[str] = ()) -> torch.Tensor:
         """[fg ; bg] normalised text embeddings; bg always carries the CAM template."""
         fg = self.backbone.encode_strings(list(fg_texts))
-        if not with_bg or not self.background_queries:
+        if not background:
             return fg
-        bg = self.backbone.encode_strings([self.cam_template.format(b) for b in self.background_queries])
+        bg = self.backbone.encode_strings([self.cam_template.format(b) for b in background])
         return torch.cat([fg, bg], 0)
 
     def _grad_cams(self, a_in: torch.Tensor, x_in: torch.Tensor, text: torch.Tensor, n_fg: int, grid):
@@ -163,7 +189,7 @@ class ClipESProposer:
             cams.append(cam)
         return torch.cat(cams, 0)
 
-    def propose(self, image: np.ndarray, fg_texts: Sequence[str]) -> np.ndarray:
+    def propose_texts(self, image: np.ndarray, fg_texts: Sequence[str], background: Sequence[str] = ()) -> np.ndarray:
         """Soft proposals [K, H, W] float32 in [0, 1] for the given (already templated) query texts."""
         if len(fg_texts) == 0:
             raise ValueError("propose() needs at least one query")
@@ -176,13 +202,13 @@ class ClipESProposer:
             x_in, attn_maps = bb.run_blocks(tokens, 0, L - 1, attn_from=first_attn)
             a_in = bb.blocks[-1].ln_1(x_in)
             if self.refine:  # the last block's attention map, from the same input as the grad pass
-                _, last = _block_forward(bb.blocks[-1], x_in, need_attn=True)
+                _, last = block_forward(bb.blocks[-1], x_in, need_attn=True)
                 attn_maps.append(last)
         n = len(fg_texts)
-        cams = self._grad_cams(a_in, x_in, self.text_matrix(fg_texts), n, grid)
+        cams = self._grad_cams(a_in, x_in, self.text_matrix(fg_texts, background), n, grid)
         empty = cams.flatten(1).amax(1) <= 0
-        if empty.any() and self.background_queries:  # official rule: redo with fg texts only
-            redo = self._grad_cams(a_in, x_in, self.text_matrix(fg_texts, with_bg=False), n, grid)
+        if empty.any() and background:  # official rule: redo with fg texts only
+            redo = self._grad_cams(a_in, x_in, self.text_matrix(fg_texts), n, grid)
             cams[empty] = redo[empty]
         cams = minmax(cams.detach())
         if self.refine:
