@@ -1,6 +1,6 @@
 """ReCo's retrieval index at scale: build and query time and memory on a synthetic fp16 memmap.
 
-    python benchmarks/bench_reco_index.py                 # 200 000 × 768 (the issue's size), k = 50
+    python benchmarks/bench_reco_index.py                 # 200 000 × 768 (the target size), k = 50
     python benchmarks/bench_reco_index.py --rows 20000    # quicker
 
 Build = what `carbench.reco.index` does after CLIP has encoded a chunk: write the chunk into the

@@ -1,11 +1,11 @@
 """Every bad input is a clear error: the right exception TYPE, a message that names the offending thing
-(path, value, key) and says how to fix it (issue 5, item 3).
+(path, value, key) and says how to fix it.
 
 The cases are one table (`CASES`), all run by `test_bad_input`, which asserts the exact type, the
 offending thing and the fix in the message. `existing=` names an older test of the same input (it
 usually asserts less of the message); the inventory lists it. `python tests/test_bad_inputs.py`
-re-runs every case and writes the observed messages to docs/bad_inputs.md (the inventory of the
-issue's closing note).
+re-runs every case and writes the observed messages to docs/bad_inputs.md (the inventory of
+every known bad input).
 """
 
 from __future__ import annotations

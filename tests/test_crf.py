@@ -1,4 +1,4 @@
-"""Dense-CRF post-processing (car-method.md §1.5) and the final label assembly (§1.7)."""
+"""Dense-CRF post-processing (docs/method.md §1.5) and the final label assembly (§1.7)."""
 
 from __future__ import annotations
 

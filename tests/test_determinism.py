@@ -1,4 +1,4 @@
-"""Same config + seed → bit-identical label maps on CPU (issue 5, item 4).
+"""Same config + seed → bit-identical label maps on CPU.
 
 Checked through the engine on the toy benchmark (the bundled trained tiny CLIP, CRF on), in this
 process and in a fresh one with another hash seed and another thread count (set iteration order,

@@ -1,4 +1,4 @@
-"""Issue 11: each official-code behaviour on a hand-computed case, under both switch settings.
+"""The official-code switches: each behaviour on a hand-computed case, under both switch settings.
 
 Every test states the expected result worked out by hand from the released code's rule (see
 docs/method.md §5.2), and checks that the clean setting gives the paper reader's result instead.

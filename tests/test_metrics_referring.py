@@ -1,4 +1,4 @@
-"""ReferringIoU on the §12 fixture (shared/reference/datasets.md), edge cases and properties."""
+"""ReferringIoU on the §12 fixture (docs/datasets.md), edge cases and properties."""
 
 from __future__ import annotations
 

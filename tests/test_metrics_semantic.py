@@ -1,6 +1,6 @@
 """SemanticIoU against hand-computed values, torchmetrics and a direct re-implementation of mmseg's rule.
 
-The fixture is the one specified in shared/reference/datasets.md §12: it separates the mmseg /
+The fixture is the one specified in docs/datasets.md §12: it separates the mmseg /
 torchmetrics rule, CaR's present-in-GT rule and per-image averaging, which agree on full datasets
 and so would hide a wrong implementation there.
 """

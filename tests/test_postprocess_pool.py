@@ -1,4 +1,4 @@
-"""The CRF in a worker process, overlapped with the next image (issue 7): same outputs, errors in order."""
+"""The CRF in a worker process, overlapped with the next image: same outputs, errors in order."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Visual prompts (car-method.md §1.4): each prompt touches only the pixels it should."""
+"""Visual prompts (docs/method.md §1.4): each prompt touches only the pixels it should."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) for the metric accumulators and the visual prompts (issue 5, item 3).
+"""Property-based tests (hypothesis) for the metric accumulators and the visual prompts.
 
 Complements the properties already in test_metrics_semantic.py / test_metrics_referring.py (agreement
 with torchmetrics / mmseg / a per-sample reference, perfect prediction = 100) and test_prompts.py

@@ -153,7 +153,7 @@ def test_evaluate_refcoco_end_to_end(tmp_path, refer) -> None:
     m = res["config"]["model"]
     assert (m["mask_threshold"], m["confidence_threshold"], m["clipes_threshold"]) == (0.5, 0.3, 0.5)
     assert m["double_softmax"] is False and m["templates"] == ["a clean origami {}."]
-    assert res["steps_histogram"] == {"2": 2}  # one query: score 1, two steps (car-method.md §3)
+    assert res["steps_histogram"] == {"2": 2}  # one query: score 1, two steps (docs/method.md §3)
     assert (tmp_path / "run" / "overlays" / "ref12_sent103.png").is_file()
 
 

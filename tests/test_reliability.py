@@ -1,4 +1,4 @@
-"""Reliability round two (issue 12): resume checks what it resumes, generated data stays in its own folder,
+"""Reliability: resume checks what it resumes, generated data stays in its own folder,
 one run per run dir, strict keys, background-query checks, and one-line messages for the unclear cases.
 
 The engine runs here use a 4-image VOC fixture of 48×40 images with the random tiny CLIP, so each

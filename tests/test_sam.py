@@ -1,4 +1,4 @@
-"""SAM refinement (car-method.md §1.6): matching on hand-made masks, a tiny random SAM, checkpoints."""
+"""SAM refinement (docs/method.md §1.6): matching on hand-made masks, a tiny random SAM, checkpoints."""
 
 from __future__ import annotations
 

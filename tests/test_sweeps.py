@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SWEEPS = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
 
-#: what each named sweep must vary (the paper's table, car-method.md §4.2)
+#: what each named sweep must vary (the paper's table, docs/method.md §4)
 EXPECTED_GRIDS = {
     "thresholds": {"model.mask_threshold": [0.3, 0.4, 0.5], "model.confidence_threshold": [0.5, 0.6, 0.7],
                    "model.clipes_threshold": [0.3, 0.4, 0.5]},

@@ -1,4 +1,4 @@
-"""The toy trainer's recipe is a deterministic function of its arguments (issue 14 item 3).
+"""The toy trainer's recipe is a deterministic function of its arguments.
 
 Two tiny stage-2 runs from the shipped weights must export byte-identical files (same sha256),
 and a run stopped after one step and resumed must export the same file as an uninterrupted one:

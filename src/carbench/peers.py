@@ -5,10 +5,11 @@ mmseg inference at a fixed short side, vs CaR's native-resolution single pass), 
 mixes them must say so on every row where the protocol is not the run's. The peers file schema:
 
     entries:
-      - {method: str, dataset: str, mIoU: float, protocol: str, source: str, kind: P|S}
+      - {method: str, dataset: str, mIoU: float, protocol: str, source: str, kind: P|S, model: str (optional)}
 
 `dataset` uses carbench dataset names (voc, voc20, context, context59, coco_object …); `protocol`
-is `car`, `sclip` or free text; `kind` is P (a number printed in a paper) or S (run with this harness).
+is `car`, `sclip` or free text; `kind` is P (a number printed in a paper) or S (run with this harness);
+`model`, when given, is the carbench model that reimplements the method (a run of it is flagged).
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def protocol_note(entry: dict[str, Any], ours: str = OUR_PROTOCOL) -> str:
     return f"⚠ protocol differs: {proto or 'unknown'} (this run: {ours})"
 
 
+def same_method_note(entry: dict[str, Any], model: str) -> str:
+    """Entries may name the carbench model that reimplements them (`model: reco`); flag them for such a run."""
+    return f"same method as this run (model={model})" if entry.get("model") == model else ""
+
+
 def metric_rule_note(results: dict[str, Any]) -> str:
     """The run's own metric rule when it is not the community (mmseg) one."""
     rule = results.get("metric_rule") or {}
@@ -67,9 +73,13 @@ def peers_table(results: dict[str, Any], peers_file: Path | None = None) -> str:
     rows = [("**this run**", ours, proto, "S", results.get("run_dir", ""), metric_rule_note(results))]
     same = [e for e in load_peers(peers_file) if str(e["dataset"]) == dataset]
     for e in sorted(same, key=lambda e: -float(e["mIoU"])):
-        rows.append((e["method"], float(e["mIoU"]), e["protocol"], e["kind"], e["source"], protocol_note(e, proto)))
-    head = (f"### {dataset}: this run ({s['proposal']} + {s['classifier']}, η={s['eta']} θ={s['theta']} "
-            f"λ={s['lambda']}, {s['postprocess']}) vs peers")
+        note = "; ".join(n for n in (same_method_note(e, s["model"]), protocol_note(e, proto)) if n)
+        rows.append((e["method"], float(e["mIoU"]), e["protocol"], e["kind"], e["source"], note))
+    if s["model"] in ("car", "clip_es"):
+        head = (f"### {dataset}: this run ({s['proposal']} + {s['classifier']}, η={s['eta']} θ={s['theta']} "
+                f"λ={s['lambda']}, {s['postprocess']}) vs peers")
+    else:
+        head = f"### {dataset}: this run (model={s['model']}, {s['postprocess']}) vs peers"
     lines = [head, "", "| method | mIoU | protocol | kind | source | note |", "|---|---|---|---|---|---|"]
     for method, miou, proto, kind, src, note in rows:
         cell = "–" if miou is None else f"{miou:.1f}"

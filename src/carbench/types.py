@@ -1,7 +1,7 @@
 """The two contracts every part of carbench speaks: a dataset `Sample` in, a model `Prediction` out.
 
 Kept in one tiny module with no heavy imports so that `data`, `metrics`, `models` and `engine`
-can all depend on it without depending on each other (see DESIGN.md, "The contracts").
+can all depend on it without depending on each other (docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations

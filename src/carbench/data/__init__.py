@@ -17,7 +17,8 @@ from carbench.data.pascal_context import PascalContext  # registers "pascal_cont
 from carbench.data.refcoco import ReferringDataset  # registers "refcoco", "refcoco+", "refcocog"
 from carbench.data.registry import DATASETS, build_dataset, register_dataset
 from carbench.data.toy import ToySegmentation  # registers "toy"
-from carbench.data.voc import VOCSegmentation  # registers "voc" and "voc_fixture"
+from carbench.data.voc import VOCSegmentation  # registers "voc"
+from carbench.data.voc_fixture import voc_fixture_dataset  # registers "voc_fixture"
 
 __all__ = [
     "ADE150",
@@ -37,4 +38,5 @@ __all__ = [
     "read_image",
     "read_label",
     "register_dataset",
+    "voc_fixture_dataset",
 ]

@@ -1,6 +1,6 @@
 """What every semantic-segmentation dataset adapter is, and the strict readers they share.
 
-An adapter owns two separate things (datasets.md §9): the *metric classes* (`class_names`, in
+An adapter owns two separate things (docs/datasets.md §9): the *metric classes* (`class_names`, in
 label-id order, what the confusion matrix is indexed by) and the *text queries* fed to the model
 (`queries`, one per foreground class, with `query_label_ids` saying which label id each query
 votes for). Keeping them apart is what lets a config rename "bird" to "bird avian" without
@@ -9,7 +9,7 @@ has a background.
 
 The readers are strict on purpose: label PNGs are read as stored indices (never converted), their
 size and values are checked against the image, and truncated files are errors. Each of these has
-silently corrupted published numbers somewhere (datasets.md §1).
+silently corrupted published numbers somewhere (docs/datasets.md §1).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The label maps are the community's ``annotations/val2017/<id>_instanceTrainIds.png`` (L-mode,
 0 = background incl. stuff and unlabeled, 1..80 = things), made from COCO-Stuff-164k's
-stuffthingmaps by ``datasets/prepare_coco_object.py`` (datasets.md §6). Samples are found like
+stuffthingmaps by ``datasets/prepare_coco_object.py`` (docs/datasets.md §6). Samples are found like
 mmseg without a split file: every ``*.jpg`` under ``images/val2017``, sorted; each must have its
 label. Background is a scored class (CaR configs/coco.yaml: n_class 81, ignore_background False).
 """

@@ -1,6 +1,6 @@
 """COCO-Stuff-164k stuffthingmaps → COCO-Object ``*_instanceTrainIds.png`` (the GroupViT rule).
 
-datasets.md §6. Raw stuffthingmap value = COCO category id − 1 (things 0..89 with 11 unused ids,
+docs/datasets.md §6. Raw stuffthingmap value = COCO category id − 1 (things 0..89 with 11 unused ids,
 stuff 91..181, 255 = unlabeled). Output = 1 + the mmseg COCO-Stuff trainId for things (1..80) and
 0 for every raw value > 90, i.e. stuff **and unlabeled** become background. Raw values outside the
 table (the 11 unused thing ids, or anything else) are an error: the GroupViT script would leave them

@@ -1,6 +1,6 @@
 """VOC2010 + PASCAL-in-Detail ``trainval_merged.json`` → Pascal Context 60-class label PNGs.
 
-datasets.md §5, the mmseg converter's rule, re-implemented without the Detail API package: for each
+docs/datasets.md §5, the mmseg converter's rule, re-implemented without the Detail API package: for each
 image of a phase, paint every segmentation annotation of that image (json order, later ones win) with
 its raw Detail ``category_id`` on a zero canvas, map the raw ids through the sorted list of the 60
 (``CONTEXT_RAW_IDS``: index i ↔ label id i) by exact match — any other value is an error, as the

@@ -1,7 +1,7 @@
 """Small Pascal VOC 2012 datasets in the real on-disk format, generated deterministically from a seed.
 
 Tests, the bundled default run and benchmarks read these through the *real* VOC adapter, so the
-files use the exact devkit layout and encodings (datasets.md §12): JPEGs written by Pillow, palette
+files use the exact devkit layout and encodings (docs/datasets.md §12): JPEGs written by Pillow, palette
 ("P") label PNGs carrying the full VOC colour map, split files in ImageSets/Segmentation with an
 extra train-only id (proves split filtering), a void (255) band around one object and one image
 with only background + void.

@@ -1,6 +1,6 @@
 """Tiny COCO-Stuff, Pascal Context (Detail json) and REFER datasets in their exact on-disk formats.
 
-The tests run the real converters and adapters on these (datasets.md §12). Content is a few flat
+The tests run the real converters and adapters on these (docs/datasets.md §12). Content is a few flat
 rectangles on noisy backgrounds, chosen so every expected number can be worked out by hand:
 
 - `write_coco_stuff_fixture`: ``images/val2017/*.jpg`` + raw stuffthingmaps ``annotations/val2017/*.png``

@@ -3,7 +3,7 @@
 Every benchmark fails the same way, at construction and before any model is loaded: the message
 names the path it expected and the section of ``datasets/README.md`` (and the conversion command)
 that produces it. A split that names missing files reports how many are missing and lists the
-first few; nothing is ever skipped silently (issue: "never skipped silently").
+first few; nothing is ever skipped silently.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Pascal Context val (VOC2010 images, 5,105), PC60 (background scored) and PC59 (background ignored).
 
-Reads the converted layout mmseg and CaR both use (datasets.md §5):
+Reads the converted layout mmseg and CaR both use (docs/datasets.md §5):
 ``VOCdevkit/VOC2010/{JPEGImages, SegmentationClassContext, ImageSets/SegmentationContext}``, label
 PNGs in L mode with values 0..59 (0 = background and everything outside the 59 classes), made from
 the PASCAL-in-Detail json by ``datasets/prepare_pascal_context.py``.
@@ -10,7 +10,7 @@ the PASCAL-in-Detail json by ``datasets/prepare_pascal_context.py``.
   is "no class" (255), as for VOC20.
 
 Class ids follow the alphabetical order of the sorted raw Detail ids (not the old VOC-first
-mmseg 0.x list, datasets.md §5 "Trap").
+mmseg 0.x list, docs/datasets.md §5 "Trap").
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from carbench.types import IGNORE_INDEX, Sample
 
 __all__ = ["CONTEXT_CLASSES", "CONTEXT_RAW_IDS", "CONTEXT_VARIANTS", "PascalContext"]
 
-#: (class name, raw PASCAL-in-Detail category id) in label-id order 0..59 (datasets.md §5).
+#: (class name, raw PASCAL-in-Detail category id) in label-id order 0..59 (docs/datasets.md §5).
 _CLASS_TABLE: tuple[tuple[str, int], ...] = (
     ("background", 0), ("aeroplane", 2), ("bag", 9), ("bed", 18), ("bedclothes", 19), ("bench", 22),
     ("bicycle", 23), ("bird", 25), ("boat", 31), ("book", 33), ("bottle", 34), ("building", 44), ("bus", 45),

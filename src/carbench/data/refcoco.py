@@ -1,11 +1,11 @@
-"""RefCOCO, RefCOCO+ and RefCOCOg referring segmentation in the REFER layout (datasets.md §10).
+"""RefCOCO, RefCOCO+ and RefCOCOg referring segmentation in the REFER layout (docs/datasets.md §10).
 
 Two sample protocols, chosen by ``dataset.mode``:
 
 - ``expression`` (default, the standard RIS protocol of LAVT / GL-CLIP): one sample per expression;
   ``queries = [that expression]``; metrics average over expressions.
 - ``ref`` (the released CaR loader): one sample per referred object; ``queries`` = all its expressions
-  (cleaned, duplicates removed), segmented together and merged by score (car-method.md §3).
+  (cleaned, duplicates removed), segmented together and merged by score (docs/method.md §3).
 
 GT = the referent's instance mask decoded with pycocotools as REFER does (`refer_format`). Texts are
 the ``raw`` sentences with the official CaR cleaning (lower-case, '"' and '/' removed) by default.

@@ -1,6 +1,6 @@
 """The REFER toolkit's on-disk format (RefCOCO / RefCOCO+ / RefCOCOg), read as the toolkit reads it.
 
-datasets.md §10: ``<root>/<dataset>/refs(<split_by>).p`` is a pickled list of ref dicts and
+docs/datasets.md §10: ``<root>/<dataset>/refs(<split_by>).p`` is a pickled list of ref dicts and
 ``<root>/<dataset>/instances.json`` holds COCO-style images / annotations / categories; images are
 ``<root>/images/mscoco/images/train2014/<file_name>``. The rules reproduced here:
 
@@ -28,7 +28,7 @@ __all__ = [
 
 IMAGE_SUBDIR = "images/mscoco/images/train2014"
 MASK_RULES = ("exclusive", "union")
-#: Splits each partition defines (REFER README / datasets.md §10); train is listed but never a benchmark.
+#: Splits each partition defines (REFER README / docs/datasets.md §10); train is listed but never a benchmark.
 SPLITS_BY: dict[str, tuple[str, ...]] = {
     "unc": ("train", "val", "testA", "testB"),
     "umd": ("train", "val", "test"),

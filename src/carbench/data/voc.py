@@ -1,4 +1,4 @@
-"""Pascal VOC 2012 segmentation, read from the devkit's own layout (datasets.md §4).
+"""Pascal VOC 2012 segmentation, read from the devkit's own layout (docs/datasets.md §4).
 
 Two variants over the same files:
 
@@ -23,7 +23,7 @@ from carbench.data.layout import read_split_text
 from carbench.data.registry import register_dataset
 from carbench.types import IGNORE_INDEX, Sample
 
-__all__ = ["VOC_CLASSES", "VOC_VARIANTS", "VOCSegmentation", "voc_fixture_dataset"]
+__all__ = ["VOC_CLASSES", "VOC_VARIANTS", "VOCSegmentation"]
 
 #: mmseg's VOC class names in label-id order (0 = background).
 VOC_CLASSES: tuple[str, ...] = (
@@ -189,29 +189,3 @@ class VOCSegmentation(SemanticDataset):
             meta={"image_path": str(image_path), "label_path": str(label_path), "split": self.split,
                   "variant": self.variant},
         )
-
-
-@register_dataset("voc_fixture")
-def voc_fixture_dataset(
-    root: str | os.PathLike[str],
-    split: str = "val",
-    variant: str = "voc21",
-    queries: Sequence[str] | None = None,
-    num_val: int = 3,
-    seed: int = 0,
-    sizes: Sequence[Sequence[int]] | None = None,
-) -> VOCSegmentation:
-    """The bundled default dataset: a VOC fixture generated on first use into `root` (the VOC2012
-    folder; see `carbench.data.fixtures`), then read by the real adapter above.
-
-    Named ``voc_fixture_<variant>`` in results so it is never mistaken for, or regressed against,
-    real VOC numbers. Registered here rather than in fixtures.py so that `python -m
-    carbench.data.fixtures` does not import its own module twice.
-    """
-    from carbench.data.fixtures import DEFAULT_SIZES, ensure_voc_fixture
-
-    size_list = [(int(s[0]), int(s[1])) for s in sizes] if sizes is not None else list(DEFAULT_SIZES)
-    voc_dir = ensure_voc_fixture(Path(root).expanduser(), int(num_val), int(seed), size_list)
-    ds = VOCSegmentation(voc_dir, split=split, variant=variant, queries=queries)
-    ds.name = f"voc_fixture_{variant}"
-    return ds

@@ -22,7 +22,7 @@ def voc_palette(n: int = 256) -> np.ndarray:
     """The standard VOC colour map as an (n, 3) uint8 array.
 
     For index i, its bits are dealt three at a time to R, G, B (bit 0 → R, bit 1 → G, bit 2 → B),
-    filling each channel from its most significant bit down (datasets.md §4). This is the map the
+    filling each channel from its most significant bit down (docs/datasets.md §4). This is the map the
     devkit's labels carry, so files we write are indistinguishable from real ones.
     """
     pal = np.zeros((n, 3), dtype=np.uint8)

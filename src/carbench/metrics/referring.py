@@ -1,6 +1,6 @@
 """Referring-segmentation metrics: per-expression binary masks → mIoU, oIoU (cIoU), prec@X.
 
-Definitions follow LAVT / CaR / GL-CLIP / ReLA (shared/reference/datasets.md §11):
+Definitions follow LAVT / CaR / GL-CLIP / ReLA (docs/datasets.md §11):
 
 * per sample: I = |P ∧ G|, U = |P ∨ G|, IoU = I / U, and IoU = 0 when U = 0 (CRIS instead divides by
   U + 1e-6, which gives the same 0 here but differs slightly elsewhere);

@@ -16,7 +16,7 @@ Why a class of our own rather than `torchmetrics.classification.MulticlassJaccar
 
 The state is one int64 confusion matrix with `dist_reduce_fx="sum"`, so `torchrun` sharding is
 reduced by torchmetrics' own distributed sync and two instances merge with `merge_state`.
-See docs: shared/reference/datasets.md §2.
+See docs/datasets.md §2.
 """
 
 from __future__ import annotations

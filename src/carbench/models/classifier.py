@@ -1,6 +1,6 @@
 """Mask classifier: how well does each visually prompted image match its own query?
 
-car-method.md §1.4. Each prompted image i (drawn for query i) is encoded once; for every template
+docs/method.md §1.4. Each prompted image i (drawn for query i) is encoded once; for every template
 t the probabilities p_t = softmax_j(scale · cos(img_i, text_{t,j})) over the current queries are
 summed over templates and, as in the official code, passed through a second softmax
 (`double_softmax`). The score of query i is P[i, i]. Text embeddings come from the backbone's cache,

@@ -53,7 +53,7 @@ def build_postprocess(
 
 
 def build_sam_refine(cfg: dict[str, Any], device: torch.device | str, seed: int) -> PostProcess:
-    """CRF (`crf:` sub-config, null = binarise at 0.5) then SAM matching (car-method.md §1.6)."""
+    """CRF (`crf:` sub-config, null = binarise at 0.5) then SAM matching (docs/method.md §1.6)."""
     from carbench.models.postprocess.sam import SamMatchParams, SamRefine
     from carbench.models.postprocess.sam_models import AutoMaskParams, build_auto_masker
 

@@ -1,4 +1,4 @@
-"""`model.fidelity`: one key that sets every official-code switch of issue 11 at once.
+"""`model.fidelity`: one key that sets every official-code switch at once.
 
 The released CaR code differs from what a reader of the paper would implement in a handful of
 small ways (docs/method.md §5.2). Each is a boolean key in conf/model/car.yaml whose default is

@@ -1,4 +1,4 @@
-"""Turning per-query masks and scores into the final output (car-method.md §1.7).
+"""Turning per-query masks and scores into the final output (docs/method.md §1.7).
 
 Semantic: one label map in which higher-scoring queries are painted last and so win overlaps
 (CRF masks are already exclusive; order only matters after e.g. a SAM refinement). Referring:

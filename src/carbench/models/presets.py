@@ -26,7 +26,7 @@ class BackbonePreset:
 PRESETS: dict[str, BackbonePreset] = {
     p.name: p
     for p in [
-        # Real CLIPs, OpenAI weights as in the paper (car-method.md §1.1).
+        # Real CLIPs, OpenAI weights as in the paper (docs/method.md §1.1).
         BackbonePreset("vitb16", "ViT-B-16-quickgelu", "openai", 224, note="paper: proposals, RefCOCO classifier"),
         BackbonePreset("vitb32", "ViT-B-32-quickgelu", "openai", 224),
         BackbonePreset("vitl14", "ViT-L-14-quickgelu", "openai", 224, note="paper: semantic classifier"),

@@ -1,7 +1,7 @@
 """Visual prompts: how CaR shows the mask classifier *which* region a query's proposal covers.
 
 CaR scores a proposal by drawing it onto the image and asking CLIP which query the prompted
-image shows (car-method.md §1.4). The prompts are applied to the full-resolution RGB uint8
+image shows (docs/method.md §1.4). The prompts are applied to the full-resolution RGB uint8
 image, always in the official order `PROMPT_ORDER` whatever order the config lists them in
 (so ``["circle", "blur"]`` and ``["blur", "circle"]`` give the same image — blurring after the
 circle would soften the red outline, which the official code never does).
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-#: Official application order (car-method.md §1.4). "crop" from the paper is not in the code.
+#: Official application order (docs/method.md §1.4). "crop" from the paper is not in the code.
 OFFICIAL_ORDER: tuple[str, ...] = ("blur", "gray", "black", "circle", "rectangle", "contour")
 PROMPT_ORDER = OFFICIAL_ORDER  # the name the demo and older code use
 

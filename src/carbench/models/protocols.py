@@ -1,10 +1,10 @@
 """Inference protocols: how an image and the class names reach a segmenter (`protocol=car|sclip`).
 
 `car` (default): the model sees the native-resolution image and the dataset's queries as they are
-— CaR's own evaluation (car-method.md §3).
+— CaR's own evaluation (docs/method.md §3).
 
 `sclip`: the protocol of SCLIP and the peers that reuse its mmseg-1.x harness (ClearCLIP, NACLIP,
-ProxyCLIP, …; peers.md §1.1), around any segmenter, so CaR can be compared on their terms:
+ProxyCLIP, …; docs/peers.md §1.1), around any segmenter, so CaR can be compared on their terms:
 1. resize so the short side is 336 (long side ≤ 2048, aspect kept, mmseg `Resize(2048, 336)`);
 2. slide 224×224 windows with stride 112 (last window flush with the border), average the
    per-window outputs where windows overlap, upsample bilinearly to the original size;

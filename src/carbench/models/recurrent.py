@@ -1,4 +1,4 @@
-"""The CaR loop: propose → prompt → classify → drop weak queries → repeat (car-method.md §1.2).
+"""The CaR loop: propose → prompt → classify → drop weak queries → repeat (docs/method.md §1.2).
 
 Stop rule (official): stop when a stage keeps as many queries as the stage before it (the count
 starts at 0, so there are at least two stages). A stage that keeps nothing keeps its best query

@@ -1,6 +1,6 @@
 """CaR for referring segmentation: the expression(s) as queries, per-query binary CRF, merge by score.
 
-car-method.md §1.7 / §3. The recurrence is the semantic one (`CaR`), given the sample's expressions
+docs/method.md §1.7 / §3. The recurrence is the semantic one (`CaR`), given the sample's expressions
 as queries and the dataset's background words in the CAM softmax. Then, as the official code does
 for referring:
 

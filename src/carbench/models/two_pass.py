@@ -1,6 +1,6 @@
 """Pascal Context's "mutual background" scheme: CaR on the thing classes, then on the stuff classes.
 
-car-method.md §1.7 and the official evaluate.py (``eval_semantic`` with a stuff label space):
+docs/method.md §1.7 and the official evaluate.py (``eval_semantic`` with a stuff label space):
 
 1. things pass: the thing queries, the dataset's generic background words in the CAM softmax, the
    dataset's visual prompts and CRF;
@@ -12,7 +12,7 @@ car-method.md §1.7 and the official evaluate.py (``eval_semantic`` with a stuff
 Why two passes: many stuff classes (sky, grass, water, road, …) are exactly the generic background
 words, so asking for them in the same pass as things would make them fight their own background.
 (The paper says things also use the stuff names as background; the released code uses the generic
-list for things — we follow the code, car-method.md §1.7 "discrepancy".)
+list for things — we follow the code, docs/method.md §1.7 "discrepancy".)
 
 Selected by ``model.two_pass`` in the (dataset, model) specialising config
 (conf/dataset_model/context_car.yaml); `models.build.build_model` builds it with `build_two_pass`

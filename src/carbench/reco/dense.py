@@ -17,7 +17,6 @@ resolution snapped to the patch grid.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from carbench.models.backbones.weights import is_offline  # the one reading of the offline flags
 from carbench.reco.index import clip_input
 
 TIMM_DEFAULT = "vit_small_patch16_224.dino"
@@ -49,10 +49,6 @@ def _snap(image: np.ndarray, patch: int, mean: torch.Tensor, std: torch.Tensor) 
     if size != (h, w):
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp_(0, 1)
     return (x - mean) / std
-
-
-def _offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "CARBENCH_OFFLINE"))
 
 
 def find_timm_weights(name: str, cache_dir: str | None = None) -> tuple[Path | None, list[str]]:
@@ -81,7 +77,7 @@ class TimmDense:
             import timm
         except ImportError as err:
             raise ImportError("model.dense_backbone=timm:… needs timm; pip install timm (pyproject lists it)") from err
-        from carbench.models.clip import read_checkpoint
+        from carbench.models.backbones.checkpoint_io import read_checkpoint
 
         self.name, self.ref_size, self.device = f"timm:{name}", ref_size, torch.device(device)
         if name not in timm.list_models(pretrained=True) and name not in timm.list_models():
@@ -96,7 +92,7 @@ class TimmDense:
             state = read_checkpoint(path)
         else:
             path, looked = find_timm_weights(name, cache_dir)
-            if path is None and _offline():
+            if path is None and is_offline():
                 raise FileNotFoundError(
                     f"dense backbone {name}: weights file {WEIGHTS_FILE} of Hugging Face repo timm/{name} not found "
                     f"offline; looked in: {'; '.join(looked)}. Fill the cache on a machine with internet "

@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
-    from carbench.models.clip import load_clip, resolve_device
+    from carbench.models.backbones.device import resolve_device
+    from carbench.models.backbones.registry import load_clip
 
     if args.threads:
         torch.set_num_threads(args.threads)

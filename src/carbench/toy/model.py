@@ -10,7 +10,7 @@ Architecture — a real open_clip `CLIP`, so the CaR wrapper reaches it exactly 
   (a 12×12 token grid). The patchify conv ``visual.conv1`` is swapped for a small conv stem (three
   3×3 stride-2 convolutions 3→32→64→128 with GELU; total stride 8 = `TOY_PATCH`), so
   ``visual.conv1(x)`` still maps [B,3,H,W] → [B,128,H/8,W/8]. A plain patch-8 linear patchify
-  learned colour instead of shape (issue 8).
+  learned colour instead of shape in our first trained model.
 - Text: open_clip's causal text transformer (width 128, 3 layers, context 32) with a word-level
   tokenizer (`ToyTokenizer`): ids 0 = pad, 1 = unknown, 2 = start of text, then the words of
   `VOCAB`, and the end-of-text id last (the highest id) so open_clip's default 'argmax' text
@@ -86,7 +86,7 @@ CONTEXT_LENGTH: int = int(_CFG["text_cfg"]["context_length"])
 BACKGROUND_WORDS: list[str] = ["background", *BACKGROUND_KINDS]
 
 #: Template words: the toy captions plus every word of CaR's 15 classifier templates and its
-#: CAM template "a clean origami {}." (car-method.md §2.3).
+#: CAM template "a clean origami {}." (docs/method.md §2.3).
 _TEMPLATE_WORDS = (
     "a an the of photo picture image this is there in scene small medium large clean origami on and "
     "with shape object . ,"

@@ -81,7 +81,7 @@ from carbench.toy.model import (
 )
 from carbench.toy.scenes import BACKGROUND_KINDS, CLASS_NAMES, make_scene, scene_rng
 
-#: CaR's 15 classifier templates (car-method.md §2.3), the raw name, and a caption-style one.
+#: CaR's 15 classifier templates (docs/method.md §2.3), the raw name, and a caption-style one.
 TEMPLATES: list[str] = [
     "a clean origami {}.",
     "a photo of a {}.",

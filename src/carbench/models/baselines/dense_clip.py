@@ -1,6 +1,6 @@
 """Dense CLIP: classify every patch token against the text queries (`model=dense_clip`).
 
-The common core of the training-free peers (peers.md §1.2): CLIP's patch tokens, after `ln_post`
+The common core of the training-free peers (docs/peers.md §1.2): CLIP's patch tokens, after `ln_post`
 and the projection, are compared with the text embeddings, and the cosine map is upsampled to the
 image. Plain CLIP's last-block attention makes these tokens noisy, so the peers change only the
 last block's attention (`attention=`):

@@ -1,4 +1,4 @@
-"""Dense-CRF post-processing of CaR's final proposals (car-method.md §1.5).
+"""Dense-CRF post-processing of CaR's final proposals (docs/method.md §1.5).
 
 CaR sharpens the coarse (patch-resolution, upsampled) CAM proposals with a fully connected CRF
 (pydensecrf, Krähenbühl & Koltun) using the CLIP-ES / deeplab-pytorch defaults: 10 mean-field

@@ -1,4 +1,4 @@
-"""SAM refinement of CaR's final masks (`postprocess=sam`, car-method.md §1.6).
+"""SAM refinement of CaR's final masks (`postprocess=sam`, docs/method.md §1.6).
 
 CaR's masks are first made exclusive by the dense CRF (or binarised at 0.5 with `crf: null`);
 then SAM's automatic mask generator segments the whole image once, with no prompt from CaR, and
@@ -16,7 +16,7 @@ Thresholds. The paper states φ_iom = φ_iou = 0.7 for every dataset (default he
 The released code uses φ_iom = `car.iom_thres` per dataset (VOC 0.6, COCO 0.7, Context 0.5) and
 φ_iou = `sam.matching_thresh`, absent from every config and so its function default 0.9; these are
 `matching=official_voc|official_coco|official_context`. Which values produced the paper's CaR+SAM
-numbers is unknown (car-method.md §7.3). `min_pred_threshold` is 0.05 in the released VOC config
+numbers is unknown (docs/method.md §7.3). `min_pred_threshold` is 0.05 in the released VOC config
 (the function default is 0.2). `replace=always` reproduces the demo, which skips the IoU check.
 When SAM returns no mask at all, M is kept (the released code would fail on an empty argmax).
 """

@@ -1,6 +1,6 @@
 """SAM / HQ-SAM model presets, checkpoint resolution and the automatic mask generator.
 
-Shared by the SAM refinement of CaR (`postprocess=sam`, car-method.md §1.6) and the OVSeg-style
+Shared by the SAM refinement of CaR (`postprocess=sam`, docs/method.md §1.6) and the OVSeg-style
 baseline (class-agnostic SAM proposals). Like CLIP presets (`models/presets.py`), a SAM preset
 names an architecture and the checkpoint file it needs; the file is found at an explicit path or
 by name in the checkpoint folders, and a missing file is an error that names the file, every place
@@ -46,7 +46,7 @@ SAM_PRESETS: dict[str, SamPreset] = {
         SamPreset("sam_vit_h", "segment_anything", "vit_h", "sam_vit_h_4b8939.pth", SAM_URL + "sam_vit_h_4b8939.pth"),
         SamPreset("sam_vit_l", "segment_anything", "vit_l", "sam_vit_l_0b3195.pth", SAM_URL + "sam_vit_l_0b3195.pth"),
         SamPreset("sam_vit_b", "segment_anything", "vit_b", "sam_vit_b_01ec64.pth", SAM_URL + "sam_vit_b_01ec64.pth"),
-        # HQ-SAM ViT-H: the checkpoint of the paper's CaR+SAM rows (car-method.md §1.6, issue #8).
+        # HQ-SAM ViT-H: the checkpoint of the paper's CaR+SAM rows (docs/method.md §1.6).
         SamPreset("hq_vit_h", "segment_anything_hq", "vit_h", "sam_hq_vit_h.pth", HQ_URL),
         SamPreset("hq_vit_l", "segment_anything_hq", "vit_l", "sam_hq_vit_l.pth", HQ_URL),
         SamPreset("hq_vit_b", "segment_anything_hq", "vit_b", "sam_hq_vit_b.pth", HQ_URL),
@@ -152,7 +152,7 @@ def build_sam(preset_name: str, checkpoint: str | None = None, device: str | tor
 
 @dataclass
 class AutoMaskParams:
-    """SamAutomaticMaskGenerator settings; defaults are CaR's official VOC config (car-method.md §1.6)."""
+    """SamAutomaticMaskGenerator settings; defaults are CaR's official VOC config (docs/method.md §1.6)."""
 
     points_per_side: int = 64  # configs/voc.yaml (the class default is 32)
     points_per_batch: int = 64

@@ -1,6 +1,6 @@
 """Mask proposals from Grad-CAM over CLIP, with CLIP-ES's class-aware attention affinity (CAA).
 
-This is CaR's proposal generator (car-method.md §1.3): for each foreground query, Grad-CAM of the
+This is CaR's proposal generator (docs/method.md §1.3): for each foreground query, Grad-CAM of the
 softmax probability (over foreground + background queries) w.r.t. the last block's `ln_1` output,
 min-max normalised; then (CLIP-ES) refined by a Sinkhorn-normalised, symmetrised, squared
 attention affinity restricted to the boxes around the CAM's confident regions.
