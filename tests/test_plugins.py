@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,19 @@ TINY = ["dataset=voc_fixture", "model.proposal=tiny_random", "model.classifier=t
 
 @pytest.fixture()
 def plugin(monkeypatch):
+    """The user's module, imported fresh; afterwards the prompt registry is as before, so a prompt
+    registered here never leaks into other tests (e.g. ones asserting that an unknown prompt is refused)."""
     monkeypatch.syspath_prepend(str(Path(__file__).parent))  # the user's package is importable
+    registry_before = dict(PROMPTS)
+    sys.modules.pop("plugin_components", None)
     import plugin_components
 
     plugin_components.CALLS.clear()
     plugin_components.SPARKLES.clear()
-    return plugin_components
+    yield plugin_components
+    PROMPTS.clear()
+    PROMPTS.update(registry_before)
+    sys.modules.pop("plugin_components", None)
 
 
 def compose_cfg(*overrides: str):
