@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from carbench.data.base import read_image
 from carbench.data.layout import report_missing
 from carbench.data.refer_format import (
     IMAGE_SUBDIR,
     MASK_RULES,
     clean_expression,
     decode_ann_mask,
+    read_coco_image,
     select_refs,
 )
 from carbench.data.registry import register_dataset
@@ -200,17 +200,14 @@ class GRefCOCO:
         k, j = self.items[index]
         r = self.refs[k]
         info = self.imgs[r["image_id"]]
-        path = self.image_dir / info["file_name"]
-        image = read_image(path)
+        image = read_coco_image(self.image_dir, info)
         h, w = int(info["height"]), int(info["width"])
-        if image.shape[:2] != (h, w):
-            raise ValueError(f"{path} is {image.shape[0]}×{image.shape[1]} but instances.json says {h}×{w}")
         queries = self.queries_of(index)
         if not queries[0].strip():
             raise ValueError(f"{self.ids[index]}: the expression is empty after cleaning")
         return Sample(
             id=self.ids[index], image=image, target=self.target_mask(k, h, w), queries=queries,
-            meta={"image_path": str(path), "ref_id": r["ref_id"], "ann_ids": list(self.targets[k]),
+            meta={"image_path": str(self.image_dir / info["file_name"]), "ref_id": r["ref_id"], "ann_ids": list(self.targets[k]),
                   "image_id": r["image_id"], "sent_id": r["sentences"][j]["sent_id"], "split": self.split,
                   "no_target": not self.targets[k], "num_targets": len(self.targets[k])},
         )

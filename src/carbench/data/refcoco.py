@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from carbench.data.base import read_image
 from carbench.data.layout import report_missing
 from carbench.data.refer_format import (
     IMAGE_SUBDIR,
@@ -28,6 +27,7 @@ from carbench.data.refer_format import (
     clean_expression,
     decode_ann_mask,
     load_refer,
+    read_coco_image,
     select_refs,
 )
 from carbench.data.registry import register_dataset
@@ -159,18 +159,15 @@ class ReferringDataset:
         k, positions = self.items[index]
         r = self.refs[k]
         info = self.imgs[r["image_id"]]
-        path = self.image_dir / info["file_name"]
-        image = read_image(path)
+        image = read_coco_image(self.image_dir, info)
         h, w = int(info["height"]), int(info["width"])
-        if image.shape[:2] != (h, w):
-            raise ValueError(f"{path} is {image.shape[0]}×{image.shape[1]} but instances.json says {h}×{w}")
         target = decode_ann_mask(self.anns[r["ann_id"]]["segmentation"], h, w, self.mask_rule)
         queries = self.queries_of(index)
         if not all(q.strip() for q in queries):
             raise ValueError(f"{self.ids[index]}: an expression is empty after cleaning: {queries!r}")
         return Sample(
             id=self.ids[index], image=image, target=target, queries=queries,
-            meta={"image_path": str(path), "ref_id": r["ref_id"], "ann_id": r["ann_id"], "image_id": r["image_id"],
+            meta={"image_path": str(self.image_dir / info["file_name"]), "ref_id": r["ref_id"], "ann_id": r["ann_id"], "image_id": r["image_id"],
                   "sent_ids": [r["sentences"][j]["sent_id"] for j in positions], "split": self.split,
                   "split_by": self.split_by, "category_id": r.get("category_id")},
         )

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from carbench.data.base import read_image
+
 __all__ = [
     "IMAGE_SUBDIR", "MASK_RULES", "SPLITS_BY", "clean_expression", "decode_ann_mask", "load_refer", "select_refs",
 ]
@@ -113,3 +115,14 @@ def decode_ann_mask(segmentation: Any, height: int, width: int, rule: str = "exc
     if summed.shape != (height, width):
         raise ValueError(f"decoded mask is {summed.shape}, but the annotation's image is {(height, width)}")
     return summed == 1 if rule == "exclusive" else summed > 0
+
+
+def read_coco_image(image_dir: Path, info: dict[str, Any]) -> np.ndarray:
+    """The COCO image an instances.json `images` entry names, checked against the size it records
+    (a mismatch means the wrong image folder or a corrupt file, and would misplace every mask)."""
+    path = image_dir / info["file_name"]
+    image = read_image(path)
+    h, w = int(info["height"]), int(info["width"])
+    if image.shape[:2] != (h, w):
+        raise ValueError(f"{path} is {image.shape[0]}×{image.shape[1]} but instances.json says {h}×{w}")
+    return image
