@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from carbench.metrics.referring import DEFAULT_THRESHOLDS, _as_mask_tensor
+from carbench.metrics.referring import DEFAULT_THRESHOLDS, _as_mask_tensor, check_thresholds
 
 __all__ = ["GRESMetric", "apply_no_target_rule"]
 
@@ -77,14 +77,11 @@ class GRESMetric(Metric):
 
     def __init__(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        ts = tuple(float(t) for t in thresholds)
-        if not ts or any(not 0.0 < t <= 1.0 for t in ts):
-            raise ValueError(f"thresholds must be a non-empty sequence of values in (0, 1], got {ts}")
-        self.thresholds = ts
+        self.thresholds = check_thresholds(thresholds)
         for name in ("intersection", "union", "num_samples", "num_targeted", "nt_correct", "nt_total", "t_found"):
             self.add_state(name, default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("iou_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("hits", default=torch.zeros(len(ts), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("hits", default=torch.zeros(len(self.thresholds), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, preds: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> None:
         """Add one sample (H×W) or a batch (N×H×W)."""

@@ -25,6 +25,14 @@ from torchmetrics import Metric
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """The prec@X thresholds as floats, or a ValueError: each must lie in (0, 1] and there must be one."""
+    ts = tuple(float(t) for t in thresholds)
+    if not ts or any(not 0.0 < t <= 1.0 for t in ts):
+        raise ValueError(f"thresholds must be a non-empty sequence of values in (0, 1], got {ts}")
+    return ts
+
+
 def _as_mask_tensor(x: np.ndarray | torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
     """Bool or 0/1 mask(s) → bool tensor N×H×W. Other values raise (no silent thresholding)."""
     if isinstance(x, np.ndarray):
@@ -77,15 +85,12 @@ class ReferringIoU(Metric):
 
     def __init__(self, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        ts = tuple(float(t) for t in thresholds)
-        if not ts or any(not 0.0 < t <= 1.0 for t in ts):
-            raise ValueError(f"thresholds must be a non-empty sequence of values in (0, 1], got {ts}")
-        self.thresholds = ts
+        self.thresholds = check_thresholds(thresholds)
         self.add_state("intersection", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("union", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("iou_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_samples", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("hits", default=torch.zeros(len(ts), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("hits", default=torch.zeros(len(self.thresholds), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, preds: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> None:
         """Add one sample (H×W) or a batch of samples (N×H×W)."""
