@@ -424,3 +424,23 @@ def test_third_party_info_noise_is_silenced_in_run_logs():
 def test_nan_metric_reads_as_absent():
     assert runs.metric_value({"metrics": {"mIoU": None}}, "mIoU") is None
     assert math.isclose(runs.metric_value({"metrics": {"mIoU": 1.5}}, "mIoU"), 1.5)
+
+
+def test_toy_worlds_of_different_seeds_live_side_by_side_and_never_overwrite_each_other(tmp_path):
+    """Generating seed 1 into the same root must leave seed 0's files (and any run reading them) untouched."""
+    import hashlib
+
+    from carbench.data.toy import toy_dataset
+
+    def digest(ds) -> str:
+        h = hashlib.sha256()
+        for sid in ds.ids:
+            h.update(ds[ds.ids.index(sid)].image.tobytes())
+        return h.hexdigest()
+
+    zero = toy_dataset(tmp_path / "toy", n=3, seed=0, size=32)
+    before = digest(zero)
+    one = toy_dataset(tmp_path / "toy", n=3, seed=1, size=32)
+    assert digest(one) != before  # a different world...
+    assert digest(toy_dataset(tmp_path / "toy", n=3, seed=0, size=32)) == before  # ...that left seed 0 as it was
+    assert {p.name for p in (tmp_path / "toy").iterdir() if p.is_dir()} == {"seed0-32px", "seed1-32px"}

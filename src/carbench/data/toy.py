@@ -1,8 +1,10 @@
 """The toy benchmark: procedural scenes (carbench.toy.scenes) in the VOC layout, read by the VOC adapter.
 
 `dataset=toy` generates the requested split on first use, deterministically from (seed, split,
-index), into `root`, and then reads it exactly as real VOC is read. Splits train / tune / val
-come from disjoint random streams, so thresholds chosen on `tune` never see `val`.
+index), into `root/seed<seed>-<size>px`, and then reads it exactly as real VOC is read. Splits
+train / tune / val come from disjoint random streams, so thresholds chosen on `tune` never see `val`.
+Each (seed, size) world has its own folder: two runs with different `dataset.seed` (the golden
+numbers run three) never regenerate each other's images under a running or resumable run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ class ToySegmentation(VOCSegmentation):
     CLASSES = TOY_CLASSES
 
 
+def world_folder(root: Path, seed: int, size: int) -> Path:
+    """Where the scenes of one (seed, size) world live under the toy root."""
+    return root / f"seed{seed}-{size}px"
+
+
 @register_dataset("toy")
 def toy_dataset(
     root: str | os.PathLike[str],
@@ -37,6 +44,7 @@ def toy_dataset(
     if split not in SPLIT_OFFSETS:
         raise ValueError(f"unknown toy split {split!r}; valid: {', '.join(SPLIT_OFFSETS)}")
     root = claim_generated_root(Path(root).expanduser(), "toy")  # never write into someone else's folder
+    root = claim_generated_root(world_folder(root, int(seed), int(size)), "toy")
     try:
         write_toy_split(root, split, int(n), int(seed), int(size))
     except OSError as err:
