@@ -8,7 +8,8 @@ mixes them must say so on every row where the protocol is not the run's. The pee
       - {method: str, dataset: str, mIoU: float, protocol: str, source: str, kind: P|S, model: str (optional)}
 
 `dataset` uses carbench dataset names (voc, voc20, context, context59, coco_object …); `protocol`
-is `car`, `sclip` or free text; `kind` is P (a number printed in a paper) or S (run with this harness);
+is `car`, `sclip` or free text; `kind` is P (primary: read from the method's own paper, README or abstract) or S (secondary: a
+third-party transcription of the paper's table, consistent with another source);
 `model`, when given, is the carbench model that reimplements the method (a run of it is flagged).
 """
 
