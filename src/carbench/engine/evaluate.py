@@ -19,6 +19,7 @@ from carbench.engine import distributed as dist_util
 from carbench.engine import run_lock
 from carbench.engine.config_check import check_int_values, check_keys
 from carbench.engine.interrupts import RunInterrupted, interrupted, sigterm_as_interrupt
+from carbench.engine.log_filters import quiet_third_party_info
 from carbench.engine.loop import run_task
 from carbench.engine.run_setup import check_writable
 from carbench.models.backbones.device import resolve_device
@@ -47,6 +48,7 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     and rank 0 alone writes results.json and calls the logger (engine/distributed.py).
     """
     out_dir = Path(out_dir)
+    quiet_third_party_info()  # open_clip's root-logger INFO lines (engine/log_filters.py)
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
     check_keys(plain_cfg)
     check_int_values(plain_cfg)
