@@ -12,16 +12,24 @@ Two official-code behaviours are switches here (docs/method.md §5.2, both defau
 - `pil_resize`: the image is brought to a multiple of the patch size by resizing the uint8 image
   with PIL's bicubic filter (so the CAM input is quantised to 8 bits), not by interpolating floats.
 
-Cost per call: one no-grad pass through blocks 1..L−1, then the last block is run once on a
-batch that replicates its input once per query, so ONE backward yields every query's gradient
-(each replica only influences its own query's output). This is output-identical to one backward
-per query, which is what the official code does.
+Cost per call: one no-grad pass through blocks 1..L−1, then ONE forward of the last block, from
+which every query's gradient is taken. The part after the attention (residual, MLP, pooling,
+softmax) is differentiated by autograd with a batch of one-hot cotangents, `query_chunk` at a time;
+the attention itself by a closed form that returns only what Grad-CAM's channel weights use, the
+gradient summed over patch tokens (see `_attention_backward_sums`), so no [K, N, C] gradient at
+ln_1 and no [K, heads, N, N] score gradient is ever formed. Per query this is about two thirds of
+one backward of the block, against a forward plus a backward per query before. `query_chunk=1`
+keeps the official structure instead: for each query its own forward and backward of the last
+block (the reference implementation). Both give the same maps (to float rounding).
+`propose_batch` runs the no-grad part for images of the same CAM size as one batch.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -88,6 +96,136 @@ def affinity(attn_maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return w @ w
 
 
+def _image_embedding(bb: ClipBackbone, block: torch.nn.Module, x_in: torch.Tensor, attn_out: torch.Tensor):
+    """The CAM's normalised image embedding [B, D] from the last block's attention output: the rest of
+    the block (residual, MLP) and CLIP-ES's patch-mean pooling."""
+    y = x_in + block.ls_1(attn_out)
+    y = y + block.ls_2(block.mlp(block.ln_2(y)))
+    return F.normalize(bb.patch_mean_embedding(y).float(), dim=-1)
+
+
+def _check_attention(block: torch.nn.Module) -> torch.nn.MultiheadAttention:
+    """The last block's attention, if it is the packed, batch-first nn.MultiheadAttention the shared
+    backward is derived for (every open_clip ViT block that `block_forward` accepts)."""
+    attn = getattr(block, "attn", None)
+    if (
+        not isinstance(attn, torch.nn.MultiheadAttention)
+        or not attn.batch_first
+        or not attn._qkv_same_embed_dim
+        or attn.bias_k is not None
+        or attn.add_zero_attn
+    ):
+        raise NotImplementedError(
+            f"the CLIP-ES proposer's Grad-CAM needs the last block's attention to be a batch-first, packed "
+            f"nn.MultiheadAttention without extra key/value biases (open_clip's ResidualAttentionBlock), got "
+            f"{type(attn).__name__} in {type(block).__name__}; pick a preset whose ViT uses that block"
+        )
+    return attn
+
+
+class _AttentionParts(NamedTuple):
+    """One image's per-head attention quantities [H, N, ·] in float32, shared by every query."""
+
+    q: torch.Tensor  # [H, N, dh] queries (unscaled)
+    k: torch.Tensor  # [H, N, dh]
+    v: torch.Tensor  # [H, N, dh]
+    p: torch.Tensor  # [H, N, N] attention probabilities (rows sum to one)
+    o: torch.Tensor  # [H, N, dh] P·V, before the output projection
+
+
+def _attention_parts(attn: torch.nn.MultiheadAttention, a: torch.Tensor) -> _AttentionParts:
+    """Recompute q, k, v, P and P·V of `attn` on one image's tokens a [N, C] (no grad)."""
+    n, c = a.shape
+    h = attn.num_heads
+    dh = c // h
+    b_in = attn.in_proj_bias.float() if attn.in_proj_bias is not None else None
+    q, k, v = F.linear(a.float(), attn.in_proj_weight.float(), b_in).view(n, 3, h, dh).permute(1, 2, 0, 3)
+    p = ((q * dh**-0.5) @ k.transpose(-1, -2)).softmax(-1)
+    return _AttentionParts(q, k, v, p, p @ v)
+
+
+def _attention_backward_sums(
+    attn: torch.nn.MultiheadAttention, parts: _AttentionParts, g_out: torch.Tensor
+) -> torch.Tensor:
+    """Σ over patch tokens of d(target)/d a, for K targets at once: [K, C], where a [N, C] is the
+    attention's input (one image's ln_1 output, `parts` computed from it) and g_out [K, N, C] are the
+    targets' cotangents at the attention's output.
+
+    Grad-CAM's channel weight is the patch-token mean of this gradient, and the input projection is
+    linear, so summing the q/k/v gradients over tokens before projecting back is exact. The sums
+    themselves avoid the full [K, heads, N, N] score gradient: softmax rows sum to one (v's sum), the
+    softmax Jacobian's rows sum to zero (k's sum needs only the CLS column), and q's sum needs the
+    score gradient's column sums, which are one P^T·g product per query. Everything in float32.
+    """
+    q, k, v, p, o = parts
+    h, n, dh = q.shape
+    scale = dh**-0.5
+    g_o = (g_out.float() @ attn.out_proj.weight.float()).view(len(g_out), n, h, dh).transpose(1, 2)  # [K,H,N,dh]
+    r = (g_o * o).sum(-1)  # [K, H, N]: Σ_u P[s,u]·dP[s,u] with dP[s,t] = g_o[s]·v[t]
+    p_cls = p[:, :, 0]  # [H, N]: attention of every token to the CLS token
+    s_v = ((1 - p_cls)[None, :, :, None] * g_o).sum(2)  # Σ_{t≥1} Σ_s P[s,t] g_o[s]
+    ds_cls = p_cls * ((g_o * v[:, :1]).sum(-1) - r)  # score gradient's CLS column dS[s, 0]
+    s_k = -scale * (ds_cls[..., None] * q).sum(2)  # Σ_{t≥1} dS[s,t] = −dS[s,0]
+    p_rows = p[:, 1:].transpose(-1, -2)  # [H, N, N−1]: patch-token rows of P, transposed
+    # einsum, not `p_rows @ g_o`: a broadcast matmul copies P once per query ([K, H, N, N]: 61 GB for
+    # 19 queries on a 2048×1024 ViT-B/16 input); einsum folds K into the columns of one bmm per head
+    pg = torch.einsum("hst,khtd->khsd", p_rows, g_o[:, :, 1:])
+    pr = torch.einsum("hst,kht->khs", p_rows, r[:, :, 1:])
+    col = (v * pg).sum(-1) - pr  # Σ_{s≥1} dS[s,t]
+    s_q = scale * (col[..., None] * k).sum(2)  # [K, H, dh]
+    sums = torch.cat([s.flatten(1) for s in (s_q, s_k, s_v)], 1)  # [K, 3C], in_proj's q|k|v order
+    return sums @ attn.in_proj_weight.float()
+
+
+def last_block_grad_cams(
+    bb: ClipBackbone,
+    a_in: torch.Tensor,
+    x_in: torch.Tensor,
+    text: torch.Tensor,
+    n_fg: int,
+    grid: tuple[int, int],
+    query_chunk: int,
+) -> torch.Tensor:
+    """Grad-CAM maps [n_fg, h, w] of the first n_fg rows of `text` [K, D], from ONE forward of the last block.
+
+    `a_in`, `x_in` [1, N, C]: the last block's ln_1 output and its input (the residual). The part of
+    the block after the attention is differentiated by autograd with a batch of one-hot cotangents
+    (`is_grads_batched`, at most `query_chunk` at a time), which gives each query's gradient at the
+    attention's output; the attention itself is differentiated by `_attention_backward_sums`, which
+    returns directly the token sums Grad-CAM's channel weights need.
+    """
+    block = bb.blocks[-1]
+    attn = _check_attention(block)
+    acts = a_in[0, 1:].detach().float()  # [hw, C]
+    hw = acts.shape[0]
+    with torch.no_grad():
+        parts = _attention_parts(attn, a_in[0])
+        attn_out = block.attn(a_in, a_in, a_in, need_weights=False)[0]
+    attn_out.requires_grad_(True)  # autograd starts here: the attention's own backward is the closed form
+    with torch.enable_grad():
+        img = _image_embedding(bb, block, x_in.detach(), attn_out)
+        probs = (bb.logit_scale * img @ text.T).softmax(-1)[0, :n_fg]
+    cams = []
+    for start in range(0, n_fg, query_chunk):
+        m = min(query_chunk, n_fg - start)
+        onehot = torch.zeros(m, n_fg, dtype=probs.dtype, device=probs.device)
+        onehot[:, start : start + m] = torch.eye(m, dtype=probs.dtype, device=probs.device)
+        (g_out,) = torch.autograd.grad(probs, attn_out, onehot, retain_graph=True, is_grads_batched=True)
+        alpha = _attention_backward_sums(attn, parts, g_out[:, 0]) / hw  # [m, C]
+        cams.append(F.relu(acts @ alpha.T).T.reshape(m, *grid))
+    return torch.cat(cams, 0)
+
+
+@dataclass
+class _CamFeatures:
+    """What the CAM needs from the frozen part of the ViT for a batch of same-size inputs."""
+
+    x_in: torch.Tensor  # [B, N, C] the last block's input
+    a_in: torch.Tensor  # [B, N, C] its ln_1 output (where the gradient is taken)
+    attn_maps: list[torch.Tensor]  # [B, N, N] head-averaged maps of the affinity blocks (empty without refine)
+    grid: tuple[int, int]
+
+
 class ClipESProposer:
     """Soft mask proposals for a list of queries, one per query, at the image's native size.
 
@@ -110,6 +248,11 @@ class ClipESProposer:
     ) -> None:
         if not 0.0 <= clipes_threshold <= 1.0:
             raise ValueError(f"clipes_threshold (λ) must be in [0, 1], got {clipes_threshold}")
+        if isinstance(query_chunk, bool) or not isinstance(query_chunk, int) or query_chunk < 1:
+            raise ValueError(
+                f"model.proposer.query_chunk must be an int ≥ 1 (queries per batched backward; 1 = one "
+                f"forward and backward per query, the official structure), got {query_chunk!r}"
+            )
         if not isinstance(cam_template, str) or cam_template.count("{}") != 1:
             raise ValueError(f"model.proposer.cam_template needs exactly one '{{}}' slot, got {cam_template!r}")
         self.backbone = backbone
@@ -166,44 +309,89 @@ class ClipESProposer:
         return torch.cat([fg, bg], 0)
 
     def _grad_cams(self, a_in: torch.Tensor, x_in: torch.Tensor, text: torch.Tensor, n_fg: int, grid):
-        """Grad-CAM maps [n_fg, h, w] from the last block's ln_1 output `a_in` [1, N, C]."""
+        """Grad-CAM maps [n_fg, h, w] from the last block's ln_1 output `a_in` [1, N, C]: the shared
+        forward (`last_block_grad_cams`), or the official per-query structure when `query_chunk=1`."""
+        if self.query_chunk == 1:
+            return self._grad_cams_per_query(a_in, x_in, text, n_fg, grid)
+        return last_block_grad_cams(self.backbone, a_in, x_in, text, n_fg, grid, self.query_chunk)
+
+    def _grad_cams_per_query(self, a_in: torch.Tensor, x_in: torch.Tensor, text: torch.Tensor, n_fg: int, grid):
+        """The official structure (`query_chunk=1`, `model.impl=reference`): for each query its own
+        forward of the last block and its own backward."""
         bb = self.backbone
         block = bb.blocks[-1]
         cams = []
-        for start in range(0, n_fg, self.query_chunk):
-            idx = torch.arange(start, min(start + self.query_chunk, n_fg), device=a_in.device)
-            a = a_in.expand(len(idx), -1, -1).clone().requires_grad_(True)
-            x = x_in.expand(len(idx), -1, -1)
+        for i in range(n_fg):
+            a = a_in.detach().clone().requires_grad_(True)
             with torch.enable_grad():
                 attn_out = block.attn(a, a, a, need_weights=False)[0]
-                y = x + block.ls_1(attn_out)
-                y = y + block.ls_2(block.mlp(block.ln_2(y)))
-                img = F.normalize(bb.patch_mean_embedding(y).float(), dim=-1)
-                probs = (bb.logit_scale * img @ text.T).softmax(-1)
-                target = probs[torch.arange(len(idx)), idx].sum()
-                (grad,) = torch.autograd.grad(target, a)
-            acts = a.detach()[:, 1:].float()  # [n, hw, C]
-            g = grad[:, 1:].float()
-            alpha = g.mean(1, keepdim=True)  # spatial mean of the gradient per channel
-            cam = F.relu((alpha * acts).sum(-1)).view(len(idx), *grid)
-            cams.append(cam)
-        return torch.cat(cams, 0)
+                probs = (bb.logit_scale * _image_embedding(bb, block, x_in, attn_out) @ text.T).softmax(-1)
+                (grad,) = torch.autograd.grad(probs[0, i], a)
+            alpha = grad[0, 1:].float().mean(0)  # spatial mean of the gradient per channel
+            cams.append(F.relu(a_in[0, 1:].float() @ alpha).view(*grid))
+        return torch.stack(cams)
 
     def propose_texts(self, image: np.ndarray, fg_texts: Sequence[str], background: Sequence[str] = ()) -> np.ndarray:
         """Soft proposals [K, H, W] float32 in [0, 1] for the given (already templated) query texts."""
         if len(fg_texts) == 0:
             raise ValueError("propose() needs at least one query")
+        feats = self._features(self.cam_input(image))
+        return self._maps(feats, 0, image.shape[:2], fg_texts, background)
+
+    def propose_batch(
+        self,
+        images: Sequence[np.ndarray],
+        queries: Sequence[Sequence[str]],
+        background: Sequence[str],
+        steps: Sequence[int],
+    ) -> list[np.ndarray]:
+        """`BatchProposer.propose_batch`: image i with its own queries and step, each result equal to
+        `propose(images[i], queries[i], background, steps[i])`.
+
+        Images whose CAM input has the same size share one batched pass through the embedding and
+        blocks 1..L−1 (attention maps included); the Grad-CAM gradients and the refinement then run
+        per image, since every image has its own queries.
+        """
+        if not len(images) == len(queries) == len(steps):
+            raise ValueError(
+                f"propose_batch needs one query list and one step per image, got {len(images)} images, "
+                f"{len(queries)} query lists and {len(steps)} steps"
+            )
+        for i, q in enumerate(queries):
+            if len(q) == 0:
+                raise ValueError(f"propose_batch: image {i} has no queries; propose() needs at least one query")
+        inputs = [self.cam_input(im) for im in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(tuple(x.shape), []).append(i)
+        out: list[np.ndarray | None] = [None] * len(images)
+        for members in groups.values():
+            feats = self._features(torch.cat([inputs[i] for i in members], 0))
+            for row, i in enumerate(members):
+                texts = self.cam_texts(queries[i], steps[i])
+                out[i] = self._maps(feats, row, images[i].shape[:2], texts, background)
+        return out  # type: ignore[return-value]
+
+    def _features(self, x: torch.Tensor) -> _CamFeatures:
+        """The no-grad part for a batch of CAM inputs [B, 3, H', W'] of one size."""
         bb = self.backbone
-        h, w = image.shape[:2]
         L = len(bb.blocks)
         with torch.no_grad():
-            tokens, grid = bb.embed(self.cam_input(image))
+            tokens, grid = bb.embed(x)
             first_attn = max(0, L - self.affinity_blocks) if self.refine else None
             x_in, attn_maps = bb.run_blocks(tokens, 0, L - 1, attn_from=first_attn)
             a_in = bb.blocks[-1].ln_1(x_in)
             if self.refine:  # the last block's attention map, from the same input as the grad pass
                 _, last = block_forward(bb.blocks[-1], x_in, need_attn=True)
                 attn_maps.append(last)
+        return _CamFeatures(x_in, a_in, attn_maps, grid)
+
+    def _maps(
+        self, feats: _CamFeatures, row: int, size: tuple[int, int], fg_texts: Sequence[str], background: Sequence[str]
+    ) -> np.ndarray:
+        """Proposals [K, H, W] of image `row` of `feats`: Grad-CAM, the empty-CAM redo, the refinement."""
+        grid = feats.grid
+        x_in, a_in = feats.x_in[row : row + 1], feats.a_in[row : row + 1]
         n = len(fg_texts)
         cams = self._grad_cams(a_in, x_in, self.text_matrix(fg_texts, background), n, grid)
         empty = cams.flatten(1).amax(1) <= 0
@@ -212,7 +400,7 @@ class ClipESProposer:
             cams[empty] = redo[empty]
         cams = minmax(cams.detach())
         if self.refine:
-            trans = affinity(attn_maps)
+            trans = affinity([m[row : row + 1] for m in feats.attn_maps])
             refined = []
             for cam in cams:
                 mask = torch.from_numpy(box_mask(cam.cpu().numpy(), self.lam, self.box_end_quirk)).to(trans.device)
@@ -220,4 +408,5 @@ class ClipESProposer:
                 refined.append(r.view(grid))
             cams = minmax(torch.stack(refined))
         maps = cams.cpu().numpy().astype(np.float32)
+        h, w = size
         return np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in maps]).clip(0, 1)
