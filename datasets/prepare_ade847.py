@@ -1,11 +1,11 @@
-"""Check the ade847 folder (datasets/README.md): `python datasets/prepare_ade847.py <root>`.
+"""Prepare ade847 (datasets/README.md): `python datasets/prepare_ade847.py --help`.
 
-Nothing to convert; the logic lives in `carbench.data.check_folder_dataset` (tested there).
+Converts the full ADE20K release to the layout `dataset=ade847` reads (or, with `--check-only`, checks a
+folder converted earlier). The logic lives in `carbench.data.convert_ade847` (tested there); this file is
+the one command.
 """
 
-import sys
-
-from carbench.data.check_folder_dataset import main
+from carbench.data.convert_ade847 import main
 
 if __name__ == "__main__":
-    main("ade847", sys.argv[1:])
+    main()

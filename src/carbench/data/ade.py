@@ -38,8 +38,8 @@ HINT_150 = (
 )
 HINT_847 = (
     "Expected <root>/images_detectron2/<split>/*.jpg and <root>/annotations_detectron2/<split>/*.tif (16-bit); "
-    "follow datasets/README.md, section 'ADE-847': run detectron2's prepare_ade20k_full_sem_seg.py on "
-    "ADE20K_2021_17_01, then `python datasets/prepare_ade847.py <root>` checks the result; set dataset.root=<root>."
+    "follow datasets/README.md, section 'ADE-847': `python datasets/prepare_ade847.py <root>` converts the unpacked "
+    "ADE20K_2021_17_01 release (or checks a detectron2-converted one with --check-only); set dataset.root=<root>."
 )
 
 

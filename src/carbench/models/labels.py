@@ -42,7 +42,7 @@ def merge_referring(masks: np.ndarray, scores: np.ndarray, min_area_frac: float 
     pixels — the official guard against a confident but tiny/empty merge. Resizing to the GT
     size is the caller's job (do it on the result or on the masks beforehand).
     """
-    masks = np.asarray(masks, dtype=np.float64)
+    masks = np.asarray(masks)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if masks.ndim != 3 or masks.shape[0] < 1:
         raise ValueError(f"masks must be K×H×W with K ≥ 1, got shape {masks.shape}")
@@ -56,7 +56,25 @@ def merge_referring(masks: np.ndarray, scores: np.ndarray, min_area_frac: float 
     total = scores.sum()
     if total <= 0:
         return union
-    fg = np.tensordot(scores, masks, axes=1) / total >= 0.5
+    fg = _weighted_mean(masks, scores, total) >= 0.5
     if fg.sum() <= min_area_frac * fg.size:
         return union
     return fg
+
+
+#: float64 elements a row band of the K-stack may occupy in `_weighted_mean` (32 MB)
+_BAND_ELEMENTS = 1 << 22
+
+
+def _weighted_mean(masks: np.ndarray, scores: np.ndarray, total: float) -> np.ndarray:
+    """Σ_k s_k·M_k / total as H×W float64, upcasting the K masks one band of rows at a time.
+
+    The sum is float64 as it always was, but a float64 copy of a whole K×H×W stack (gigabytes for
+    hundreds of queries on a large image) is never made; each pixel's sum is the same dot product.
+    """
+    k, h, w = masks.shape
+    rows = max(1, _BAND_ELEMENTS // max(1, k * w))
+    out = np.empty((h, w), dtype=np.float64)
+    for r in range(0, h, rows):
+        out[r:r + rows] = np.tensordot(scores, masks[:, r:r + rows].astype(np.float64), axes=1)
+    return out / total

@@ -33,17 +33,18 @@ UNKNOWN_MODES = ("error", "background")
 
 
 def read_prediction_png(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """H×W uint8 values of a prediction PNG (palette indices or grey values, never colours)."""
+    """H×W values of a prediction PNG: palette indices or grey values (uint8), or 16-bit grey values (uint16,
+    what `save_predictions` writes for label spaces beyond 255 ids such as ADE-847); never colours."""
     if not path.is_file():
         raise FileNotFoundError(f"precomputed prediction {path} does not exist (model.root / model.pattern)")
     with Image.open(path) as im:
         im.load()
-        if im.mode not in ("P", "L", "1"):
+        if im.mode not in ("P", "L", "1", "I;16", "I;16B", "I;16L"):
             raise ValueError(
-                f"precomputed prediction {path} has PIL mode {im.mode!r}; write label ids as a palette ('P') or "
-                "grey ('L') PNG, not colours"
+                f"precomputed prediction {path} has PIL mode {im.mode!r}; write label ids as a palette ('P'), "
+                "grey ('L') or 16-bit grey ('I;16') PNG, not colours"
             )
-        values = np.array(im, dtype=np.uint8)
+        values = np.array(im).astype(np.uint16) if im.mode.startswith("I;16") else np.array(im, dtype=np.uint8)
     if values.shape != tuple(shape):
         raise ValueError(
             f"precomputed prediction {path} is {values.shape[0]}×{values.shape[1]} but the image is "
@@ -89,8 +90,8 @@ class Precomputed:
         return self.root / self.pattern.format(id=sample_id)
 
     def lookup(self, n_queries: int) -> np.ndarray:
-        """256-entry table: stored value → query index, BACKGROUND, or −2 (unknown)."""
-        lut = np.full(256, -2, dtype=np.int64)
+        """65,536-entry table (any 8- or 16-bit value): stored value → query index, BACKGROUND, or −2 (unknown)."""
+        lut = np.full(65536, -2, dtype=np.int64)
         if self.values == "query":
             lut[:n_queries] = np.arange(n_queries)
             lut[self.background_value] = BACKGROUND
@@ -113,8 +114,9 @@ class Precomputed:
         if self.value_offset:
             shifted = values + self.value_offset
             values = np.where(stored == IGNORE_INDEX, IGNORE_INDEX, shifted)
-        if values.min() < 0 or values.max() > 255:
-            raise ValueError(f"{path}: value_offset={self.value_offset} moves values outside 0..255")
+        top = 255 if stored.dtype == np.uint8 else 65535
+        if values.min() < 0 or values.max() > top:
+            raise ValueError(f"{path}: value_offset={self.value_offset} moves values outside 0..{top}")
         labels = self.lookup(len(sample.queries))[values]
         bad = labels == -2
         if bad.any():

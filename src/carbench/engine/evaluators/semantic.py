@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from carbench.data.voc_format import write_palette_png
 from carbench.engine.evaluators.base import Evaluator, Outputs
 from carbench.engine.evaluators.query_sets import final_labels, kept_label_steps, present_labels
 from carbench.engine.overlays import write_overlay
+from carbench.engine.prediction_png import needs_16bit, write_prediction_png
 from carbench.metrics import SemanticIoU, scores_from_confusion
 from carbench.metrics.query_set import QuerySetDiagnostics
 from carbench.types import BACKGROUND, Prediction, Sample
@@ -64,6 +64,8 @@ class SemanticEvaluator(Evaluator):
         self.outputs = outputs
         self.theta = theta
         self.lut = label_lookup(dataset.query_label_ids, dataset.background_label)
+        # ADE-847 / Context-459 ids (and their 65,535 "unlabeled") do not fit a palette PNG
+        self.sixteen_bit = needs_16bit(int(self.lut.max()))
         self.label_of_query = dict(zip(dataset.queries, dataset.query_label_ids, strict=True))
         # CaR's recurrence drops at least one query per step until it stops, so K queries run ≤ K+1 steps
         self.max_steps = max(len(dataset.queries) + 1, int(max_steps or 0), 1)
@@ -98,7 +100,7 @@ class SemanticEvaluator(Evaluator):
                 "present": present_labels(sample.target, ids)}
         self.query_sets.update(filt["steps"], filt["present"], filt["final"])
         if self.outputs.save_predictions:
-            write_palette_png(self.outputs.pred_dir / f"{sample.id}.png", labels.astype(np.uint8))
+            write_prediction_png(self.outputs.pred_dir / f"{sample.id}.png", labels, self.sixteen_bit)
         overlay = self.outputs.overlay_path(sample.id)
         if overlay is not None:
             write_overlay(overlay, sample, labels, prediction, class_names=self.dataset.class_names,

@@ -76,6 +76,7 @@ class ClipBackbone:
         self.cache_text = True  # False = the official structure: re-encode every string on every call
         self.pos_embed_fp16 = False  # True = round the positional table to fp16 as the official code does
         self.text_encodes = 0  # number of strings actually run through the text tower (for tests/bench)
+        self.text_chunk = 256  # strings per text-tower batch: bounds memory for large vocabularies
         self.mask_embedding: torch.Tensor | None = None  # OVSeg mask-prompt tokens [depth, grid², width]
 
     # ------------------------------------------------------------------ text
@@ -84,15 +85,29 @@ class ClipBackbone:
         """L2-normalised embeddings [N, D] of exact strings, each computed once per backbone."""
         if not self.cache_text:
             self.text_encodes += len(texts)
-            return F.normalize(self.model.encode_text(self.tokenize(texts)).float(), dim=-1)
+            return self._encode_chunked(texts)
         missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if missing:
-            tokens = self.tokenize(missing)
-            emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            emb = self._encode_chunked(missing)
             self.text_encodes += len(missing)
             for t, e in zip(missing, emb, strict=True):
                 self._text_cache[t] = e
         return torch.stack([self._text_cache[t] for t in texts])
+
+    def _encode_chunked(self, texts: Sequence[str]) -> torch.Tensor:
+        """Normalised embeddings [N, D], run through the text tower `text_chunk` strings at a time.
+
+        A large vocabulary times the templates (847 queries × 15 = 12,705 strings) in one batch would
+        hold every layer's activations for all of them at once; chunks bound that, and each string's
+        embedding does not depend on the others in its batch, so the output is the same.
+        """
+        if self.text_chunk < 1:
+            raise ValueError(f"text_chunk must be ≥ 1 (strings per text-tower batch), got {self.text_chunk}")
+        parts = [
+            F.normalize(self.model.encode_text(self.tokenize(texts[i:i + self.text_chunk])).float(), dim=-1)
+            for i in range(0, max(len(texts), 1), self.text_chunk)  # an empty list still makes one call, as before
+        ]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [N, context]; a text that fills the whole context was cut: say so, once per text."""

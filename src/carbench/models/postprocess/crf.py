@@ -71,21 +71,36 @@ def crf_image(image: np.ndarray, caffe_wrap: bool = True) -> np.ndarray:
     return np.ascontiguousarray(wrapped.astype(np.uint8))
 
 
-def _check_maps(maps: np.ndarray, hw: tuple[int, int], what: str) -> np.ndarray:
-    maps = np.asarray(maps, dtype=np.float64)
+def _unary(maps: np.ndarray, hw: tuple[int, int], bg_factor: float, what: str) -> np.ndarray:
+    """−log of the CRF's (1 + K) channel probabilities [background ; maps] as a float32 (1+K)×(H·W) array.
+
+    background = (1 − max_k clip(map_k, 0, 1)) ** bg_factor. Built one channel at a time in float64
+    (each value rounded to float32 exactly as a whole-stack float64 computation would round it), so
+    the only K-sized array is the float32 unary pydensecrf takes anyway: with 847 queries on a large
+    image a float64 copy of the stack would cost gigabytes for nothing.
+    """
     if maps.shape[-2:] != hw:
         raise ValueError(f"{what} spatial size {maps.shape[-2:]} must match the image {hw}")
-    if np.isnan(maps).any():
-        raise ValueError(f"{what} contains NaN")
-    if maps.size and (maps.min() < -1e-6 or maps.max() > 1 + 1e-6):
-        raise ValueError(f"{what} must lie in [0, 1], got range [{maps.min()}, {maps.max()}]")
-    return np.clip(maps, 0.0, 1.0)
+    k = maps.shape[0]
+    unary = np.empty((k + 1, hw[0] * hw[1]), dtype=np.float32)
+    top = np.zeros(hw, dtype=np.float64)
+    for i in range(k):
+        ch = np.asarray(maps[i], dtype=np.float64)
+        if np.isnan(ch).any():
+            raise ValueError(f"{what} contains NaN (channel {i})")
+        if ch.size and (ch.min() < -1e-6 or ch.max() > 1 + 1e-6):
+            raise ValueError(f"{what} must lie in [0, 1], got range [{ch.min()}, {ch.max()}] in channel {i}")
+        ch = np.clip(ch, 0.0, 1.0)
+        np.maximum(top, ch, out=top)
+        unary[i + 1] = -np.log(np.clip(ch, PROB_CLIP, None)).reshape(-1)
+    unary[0] = -np.log(np.clip((1.0 - top) ** bg_factor, PROB_CLIP, None)).reshape(-1)
+    return unary
 
 
-def _infer(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:
-    """Run the dense CRF on C×H×W probabilities; return the H×W int argmax label map."""
-    n, h, w = probs.shape
-    unary = -np.log(np.clip(probs, PROB_CLIP, None)).reshape(n, h * w)
+def _infer(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarray:
+    """Run the dense CRF on a C×(H·W) float32 unary; return the H×W int argmax label map."""
+    n = unary.shape[0]
+    h, w = image.shape[:2]
     crf = dcrf.DenseCRF2D(w, h, n)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
@@ -107,10 +122,8 @@ def crf_semantic(image: np.ndarray, maps: np.ndarray, params: CRFParams) -> np.n
     """
     if maps.ndim != 3 or maps.shape[0] < 1:
         raise ValueError(f"maps must be K×H×W with K ≥ 1, got shape {maps.shape}")
-    fg = _check_maps(maps, image.shape[:2], "maps")
-    bg = (1.0 - fg.max(0, keepdims=True)) ** params.bg_factor
-    labels = _infer(image, np.concatenate([bg, fg], 0), params)
-    return labels[None] == np.arange(1, fg.shape[0] + 1)[:, None, None]
+    labels = _infer(image, _unary(maps, image.shape[:2], params.bg_factor, "maps"), params)
+    return labels[None] == np.arange(1, maps.shape[0] + 1)[:, None, None]
 
 
 def one_hot_channels(masks: np.ndarray) -> int:
@@ -130,8 +143,8 @@ def crf_binary(image: np.ndarray, prob: np.ndarray, params: CRFParams) -> np.nda
     """Referring mode: one H×W soft map → H×W bool foreground, CRF'd as [(1 − y)^bf, y]."""
     if prob.ndim != 2:
         raise ValueError(f"prob must be H×W, got shape {prob.shape}")
-    y = _check_maps(prob, image.shape[:2], "prob")[None]
-    labels = _infer(image, np.concatenate([(1.0 - y) ** params.bg_factor, y], 0), params)
+    # with one channel the background (1 − max) ** bf is exactly (1 − y) ** bf
+    labels = _infer(image, _unary(prob[None], image.shape[:2], params.bg_factor, "prob"), params)
     return labels == 1
 
 
