@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PIP ?= .venv/bin/pip
 
-.PHONY: install test demo app lint bench toy-model clean
+.PHONY: help install test demo app lint bench bench-gpu toy-model clean
 
 install:            ## create .venv and install carbench with its dev tools
 	test -d .venv || python3 -m venv .venv
@@ -21,6 +21,9 @@ app:                ## the browser demo on the bundled toy CLIP (APP_ARGS="--por
 bench:              ## speed benchmark: fast vs reference structure (see benchmarks/bench_car.py)
 	$(PY) benchmarks/bench_car.py $(BENCH_ARGS)
 
+bench-gpu:          ## GPU throughput in one run of at most 8 minutes: stages, batch sizes, memory, utilisation, CRF workers, bf16 vs fp32 (BENCH_GPU_ARGS="--out DIR"; CPU smoke: "--device cpu --tiny")
+	$(PY) benchmarks/bench_gpu.py $(BENCH_GPU_ARGS)
+
 toy-model:          ## retrain the bundled toy CLIP: stage 1 then stage 2 (resumable: rerun continues from .cache/toy_stage{1,2})
 	$(PY) -m carbench.toy.train --stage 1 --resume $(TOY_ARGS)
 	$(PY) -m carbench.toy.train --stage 2 --resume $(TOY_ARGS)
@@ -30,3 +33,6 @@ lint:
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache
+
+help:               ## list these targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:[^#]*## /\t/' | expand -t 20
