@@ -67,6 +67,19 @@ class DeferredSegmenter(Protocol):
 
 
 @runtime_checkable
+class BatchSegmenter(Protocol):
+    """A model that can run the GPU work of several images together (`model.batch_images`).
+
+    One finishing function per image, in order; each gives the `Prediction` that image's own
+    `segment` would give. The post-processing of every image has started before this returns.
+    """
+
+    def segment_batch_deferred(
+        self, images: Sequence[np.ndarray], queries: Sequence[list[str]]
+    ) -> list[Callable[[], Prediction]]: ...
+
+
+@runtime_checkable
 class TextOverridable(Protocol):
     """A model whose background words and text templates can be replaced for one call.
 

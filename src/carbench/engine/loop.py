@@ -11,13 +11,21 @@ progress file before the next one is recorded; a failure is raised naming the it
 ``on_error=skip`` recorded and excluded; a failure on one rank stops all of them; a signal stops
 the run saying what is kept; post-processing of item i may still run in a worker while item i+1's
 CLIP work starts (a `DeferredSegmenter`), and records are still written in order.
+
+Batching (`model.batch_images=N`, N > 1, for a `BatchSegmenter` such as CaR): the loop groups up to
+N loaded items, starts their model work in one call, and finishes the previous group's items, in
+index order, after that: the same pipelining with a group as the unit. Records stay per item and
+identical to an unbatched run's, except `time.total`, which is then the group's time from its
+start to the item's record divided by the group's size. If starting a group raises, its items are
+started again one by one, so a failure is recorded against (or raised naming) its own item and
+its group-mates are unaffected.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +46,13 @@ from carbench.engine.results import write_json_atomic
 from carbench.engine.run_setup import gather_records, identify_run, item_count, make_loader, open_run
 from carbench.engine.schema import assemble_results, require_some_evaluated, trace_times
 from carbench.models.build import build_model
-from carbench.types import DeferredSegmenter, Prediction, Sample, SampleSegmenter, Segmenter
+from carbench.types import BatchSegmenter, DeferredSegmenter, Prediction, Sample, SampleSegmenter, Segmenter
 
 log = logging.getLogger(__name__)
 
 Started = Callable[[], Prediction]
+Loaded = tuple[int, Sample | None, str | None]  # what the loader yields: index, sample, load error
+Pending = tuple[int, str, Sample | None, Started | Exception, float, int]  # idx, id, sample, started, t0, group size
 
 
 def _segment(segmenter: Segmenter, sample: Sample) -> Started:
@@ -67,6 +77,63 @@ def start_segment(segmenter: Segmenter, sample: Sample, oracle_label_ids: list[i
         return lambda: empty
     finish = _segment(segmenter, oracle_sample(sample, indices))
     return lambda: lift_prediction(finish(), indices, len(sample.queries))
+
+
+def _ready(pred: Prediction) -> Started:
+    return lambda: pred
+
+
+def _lifted(finish: Started, indices: list[int], n_queries: int) -> Started:
+    """An oracle item's finisher: the prediction on its GT classes mapped back to all its queries."""
+    return lambda: lift_prediction(finish(), indices, n_queries)
+
+
+def start_batch(segmenter: BatchSegmenter, samples: Sequence[Sample],
+                oracle_label_ids: list[int] | None = None) -> list[Started]:
+    """`start_segment` of several samples with the model's work of all of them in one call (same outputs)."""
+    out: list[Started | None] = [None] * len(samples)
+    asked: list[tuple[int, Sample, list[int] | None]] = []  # position, what the model sees, oracle indices
+    for k, sample in enumerate(samples):
+        if oracle_label_ids is None:
+            asked.append((k, sample, None))
+            continue
+        indices = oracle_indices(sample, oracle_label_ids)
+        if not indices:
+            out[k] = _ready(empty_prediction(sample))
+        else:
+            asked.append((k, oracle_sample(sample, indices), indices))
+    if asked:
+        finishes = segmenter.segment_batch_deferred([s.image for _, s, _ in asked], [s.queries for _, s, _ in asked])
+        if len(finishes) != len(asked):
+            raise RuntimeError(f"{type(segmenter).__name__}.segment_batch_deferred returned {len(finishes)} results "
+                               f"for {len(asked)} images; it must return one per image")
+        for (k, _, indices), finish in zip(asked, finishes, strict=True):
+            if indices is None:
+                out[k] = finish
+            else:
+                out[k] = _lifted(finish, indices, len(samples[k].queries))
+    return out  # type: ignore[return-value]  # every position was filled above
+
+
+def batch_images(cfg: DictConfig) -> int:
+    """`model.batch_images` (default 1) as an int ≥ 1, or a ValueError naming the value and the fix."""
+    value = cfg.model.get("batch_images", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"model.batch_images must be an integer ≥ 1 (1 = one image at a time), got {value!r} "
+                         f"({type(value).__name__}); set e.g. model.batch_images=4")
+    return value
+
+
+def check_batchable(n: int, segmenter: Segmenter, cfg: DictConfig) -> None:
+    """Refuse `model.batch_images` > 1 for a model that cannot run images together."""
+    if n > 1 and not isinstance(segmenter, BatchSegmenter):
+        what = f"model={cfg.model.get('name')}"
+        if cfg.model.get("two_pass"):
+            what += " with two passes (model.two_pass)"
+        if cfg.dataset.get("task", "semantic") != "semantic":
+            what += f" on a {cfg.dataset.task} dataset"
+        raise ValueError(f"model.batch_images={n} needs a model that segments several images together, but "
+                         f"{what} ({type(segmenter).__name__}) does not; set model.batch_images=1")
 
 
 def oracle_labels(cfg: DictConfig, dataset: Any, segmenter: Segmenter) -> list[int] | None:
@@ -107,50 +174,87 @@ def run_guarded(loop: Callable[[], None], logger: Any, run_dir: Path, progress: 
 
 
 class ItemLoop:
-    """This rank's items: segment, score, record — pipelined by one item (module docstring)."""
+    """This rank's items: segment, score, record — pipelined by one item, or by one group of
+    `batch` items (module docstring)."""
 
     def __init__(self, segmenter: Segmenter, evaluator: Evaluator, progress: Progress, run_dir: Path,
-                 on_error: str, noun: str, oracle_label_ids: list[int] | None = None) -> None:
+                 on_error: str, noun: str, oracle_label_ids: list[int] | None = None, batch: int = 1) -> None:
         self.segmenter, self.evaluator, self.progress = segmenter, evaluator, progress
         self.run_dir, self.on_error, self.noun, self.oracle = run_dir, on_error, noun, oracle_label_ids
+        self.batch = batch
 
     def run(self, loader: Any, ids: list[str], bar: Any) -> None:
         """Item i is finished (post-processing collected, scored, recorded) after item i+1's model work
-        has started, which overlaps a worker's CRF with the model; an error is attributed to its item."""
-        pending: tuple | None = None
-        for idx, sample, load_error in loader:
+        has started (with batching: after the next group's), which overlaps a worker's CRF with the
+        model; an error is attributed to its item."""
+        pending: list[Pending] = []
+        group: list[Loaded] = []
+        for item in loader:
             raise_if_received()
-            sample_id = sample.id if sample is not None else ids[idx]
-            t0 = time.perf_counter()
-            try:
-                if load_error is not None:
-                    raise RuntimeError(load_error)
-                started: Started | Exception = start_segment(self.segmenter, sample, self.oracle)
-            except Exception as err:  # recorded (or raised) in order, when this item is finished
-                started = err
-            except BaseException:  # Ctrl-C / kill while this item ran: keep the finished one before it
-                if pending is not None:
-                    self.finish(*pending)
-                raise
-            if pending is not None:
-                self.finish(*pending)
-                bar.update(1)
-            pending = (idx, sample_id, sample, started, t0)
-        if pending is not None:
-            self.finish(*pending)
+            group.append(item)
+            if len(group) == self.batch:
+                pending = self.advance(group, pending, ids, bar)
+                group = []
+        if group:
+            pending = self.advance(group, pending, ids, bar)
+        self.finish_all(pending, bar)
+
+    def advance(self, group: list[Loaded], pending: list[Pending], ids: list[str], bar: Any) -> list[Pending]:
+        """Start `group`, then finish the `pending` items before it; returns the group's pending items."""
+        t0 = time.perf_counter()
+        try:
+            started = self.start_group(group)
+        except BaseException:  # Ctrl-C / kill while this group ran: keep the finished ones before it
+            self.finish_all(pending, bar)
+            raise
+        self.finish_all(pending, bar)
+        return [(idx, sample.id if sample is not None else ids[idx], sample, st, t0, len(group))
+                for (idx, sample, _), st in zip(group, started, strict=True)]
+
+    def finish_all(self, pending: list[Pending], bar: Any) -> None:
+        """Finish these items in order, advancing the progress bar by one each."""
+        for item in pending:
+            self.finish(*item)
             bar.update(1)
 
+    def start_group(self, group: list[Loaded]) -> list[Started | Exception]:
+        """Start every item of `group` (one model call for the loaded ones when batching); an item's
+        failure is returned in its place, to be recorded or raised in order when it is finished."""
+        if self.batch == 1 or len(group) == 1:
+            return [self.start_one(sample, error) for _, sample, error in group]
+        loaded = [k for k, (_, sample, error) in enumerate(group) if error is None and sample is not None]
+        try:
+            together = start_batch(self.segmenter, [group[k][1] for k in loaded], self.oracle)  # type: ignore[arg-type]
+        except Exception as err:  # one image may have failed: retry them one by one to find which
+            log.warning("a batch of %d %ss failed (%s: %s); running its %ss one by one",
+                        len(loaded), self.noun, type(err).__name__, err, self.noun)
+            return [self.start_one(sample, error) for _, sample, error in group]
+        by_position = dict(zip(loaded, together, strict=True))
+        return [by_position[k] if k in by_position else self.start_one(sample, error)
+                for k, (_, sample, error) in enumerate(group)]
+
+    def start_one(self, sample: Sample | None, load_error: str | None) -> Started | Exception:
+        """Start one item; its exception (e.g. the loader's error) is returned, not raised."""
+        try:
+            if load_error is not None:
+                raise RuntimeError(load_error)
+            return start_segment(self.segmenter, sample, self.oracle)  # type: ignore[arg-type]
+        except Exception as err:  # recorded (or raised) in order, when this item is finished
+            return err
+
     def finish(self, idx: int, sample_id: str, sample: Sample | None, started: Started | Exception,
-               t0: float) -> None:
+               t0: float, group_size: int = 1) -> None:
         """Collect one item's prediction, score it and append its record (or its failure)."""
         try:
             if isinstance(started, Exception):
                 raise started
             pred = started()
             fields = self.evaluator.process(sample, pred)
+            times = trace_times(pred, t0)
+            times["total"] /= group_size  # a group's items share its time (module docstring)
             self.progress.add({
                 "index": idx, "id": sample.id, "status": "ok", **fields, "steps": len(pred.trace),
-                "kept": [sample.queries[k] for k in pred.kept], "time": trace_times(pred, t0),
+                "kept": [sample.queries[k] for k in pred.kept], "time": times,
             })
         except Exception as err:
             if is_disk_error(err):  # the run's own files cannot be written: not this item's fault
@@ -174,7 +278,9 @@ def run_task(cfg: DictConfig, out_dir: Path, plain_cfg: Any, on_error: str, devi
     dataset = build_dataset(cfg.dataset)
     n = item_count(cfg, dataset)
     cfg_hash, head = identify_run(plain_cfg, dataset, n)
+    batch = batch_images(cfg)
     segmenter = build_model(cfg, device)
+    check_batchable(batch, segmenter, cfg)
     oracle = oracle_labels(cfg, dataset, segmenter)
     ids = list(dataset.ids)
     run_dir, progress, done_before = open_run(cfg, out_dir, cfg_hash, ctx, head, ids)
@@ -200,7 +306,7 @@ def run_task(cfg: DictConfig, out_dir: Path, plain_cfg: Any, on_error: str, devi
                desc=evaluator.describe() + (f" [rank {ctx.rank}]" if ctx.enabled else ""),
                unit={"image": "img", "expression": "expr"}.get(evaluator.unit, evaluator.unit),
                dynamic_ncols=True, disable=ctx.enabled and not ctx.is_main)
-    items = ItemLoop(segmenter, evaluator, progress, run_dir, on_error, noun, oracle)
+    items = ItemLoop(segmenter, evaluator, progress, run_dir, on_error, noun, oracle, batch)
     run_guarded(lambda: items.run(loader, ids, bar), logger, run_dir, progress, ctx, n)
     bar.close()
     wall = time.perf_counter() - t_start

@@ -87,21 +87,28 @@ class MaskClassifier:
         """P [images × queries]: each row a distribution over the current queries."""
         templates = self._templates(templates)
         if self.encode_per_template:
-            probs = torch.stack([self._probs(prompted, queries, [t])[0] for t in templates])
+            probs = torch.stack([self._probs(self._embed(prompted), queries, [t])[0] for t in templates])
         else:
-            probs = self._probs(prompted, queries, templates)
-        summed = probs.sum(0)
-        return summed.softmax(-1) if self.double_softmax else summed / len(templates)
+            probs = self._probs(self._embed(prompted), queries, templates)
+        return self._combine(probs, len(templates))
 
-    def _probs(self, prompted: Sequence[np.ndarray], queries: Sequence[str], templates: Sequence[str]):
-        """Per-template probabilities [T, images, queries] (images encoded once for all templates)."""
+    def _combine(self, probs: torch.Tensor, n_templates: int) -> torch.Tensor:
+        """Per-template probabilities [T, images, queries] → P [images × queries] (sum, then softmax or mean)."""
+        summed = probs.sum(0)
+        return summed.softmax(-1) if self.double_softmax else summed / n_templates
+
+    def _embed(self, prompted: Sequence[np.ndarray]) -> torch.Tensor:
+        """Image embeddings [images, D], encoded in chunks of `batch_size` (bounds the memory of one pass)."""
         x = self.preprocess(prompted)
-        emb = torch.cat(
+        return torch.cat(
             [
                 self.backbone.encode_images(x[i : i + self.batch_size], skip_last_block=self.skip_last_block)
                 for i in range(0, len(x), self.batch_size)
             ]
         )
+
+    def _probs(self, emb: torch.Tensor, queries: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Per-template probabilities [T, images, queries] of already encoded images (once for all templates)."""
         text = self.backbone.encode_text(queries, templates)  # [T, K, D]
         return (self.backbone.logit_scale * torch.einsum("nd,tkd->tnk", emb, text)).softmax(-1)
 
@@ -112,3 +119,32 @@ class MaskClassifier:
         if len(prompted) != len(queries):
             raise ValueError(f"{len(prompted)} prompted images for {len(queries)} queries")
         return self.score_matrix(prompted, queries, templates).diagonal().cpu().numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def score_batch(
+        self,
+        prompted: Sequence[Sequence[np.ndarray]],
+        queries: Sequence[Sequence[str]],
+        templates: Sequence[str] | None = None,
+    ) -> list[np.ndarray]:
+        """`score` of several images at once (implements `BatchScorer`): every image's crops go through
+        the image tower together, in chunks of `batch_size`, so a GPU sees full batches even when each
+        image has only a few alive queries; the softmax over queries then stays within each image.
+
+        The reference structure (`encode_per_template`) re-encodes per template by design, so it
+        scores image by image."""
+        if len(prompted) != len(queries):
+            raise ValueError(f"prompted images for {len(prompted)} images but queries for {len(queries)}")
+        for i, (p, q) in enumerate(zip(prompted, queries, strict=True)):
+            if len(p) != len(q):
+                raise ValueError(f"image {i} of the batch: {len(p)} prompted images for {len(q)} queries")
+        if self.encode_per_template:
+            return [self.score(p, q, templates) for p, q in zip(prompted, queries, strict=True)]
+        templates = self._templates(templates)
+        emb = self._embed([crop for p in prompted for crop in p])
+        out, start = [], 0
+        for q in queries:
+            matrix = self._combine(self._probs(emb[start : start + len(q)], q, templates), len(templates))
+            out.append(matrix.diagonal().cpu().numpy().astype(np.float32))
+            start += len(q)
+        return out

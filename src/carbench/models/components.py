@@ -10,7 +10,9 @@ Two optional capabilities let a component do more than the minimum:
 - `WarmsText` / `WarmsScorerText`: encode every text the loop can need before the first step, so
   text encoding is timed separately and cached across images;
 - `KeyedProposer`: says when two steps would give identical proposals, so the loop reuses the
-  previous step instead of recomputing it (a proposer without it is always recomputed).
+  previous step instead of recomputing it (a proposer without it is always recomputed);
+- `BatchProposer` / `BatchScorer`: do one step of several images in one call, so the CLIP work of
+  a batch (`model.batch_images`) runs together; a component without them is called image by image.
 """
 
 from __future__ import annotations
@@ -53,6 +55,24 @@ class KeyedProposer(Protocol):
 
 
 @runtime_checkable
+class BatchProposer(Protocol):
+    """A proposer that can do one step of several images together (each with its own queries and step).
+
+    Returns one K_i×H_i×W_i map stack per image, each equal (within 1e-4) to
+    `propose(images[i], queries[i], background, steps[i])`; the loop relies on that equality, so a
+    batched run keeps the same queries as the unbatched one.
+    """
+
+    def propose_batch(
+        self,
+        images: Sequence[np.ndarray],
+        queries: Sequence[Sequence[str]],
+        background: Sequence[str],
+        steps: Sequence[int],
+    ) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
 class MaskScorer(Protocol):
     """Prompted images (image i drawn for query i) + queries → K scores, score i for query i.
 
@@ -70,3 +90,20 @@ class WarmsScorerText(Protocol):
     """A scorer that can encode its (query, template) texts up front."""
 
     def warm_text(self, queries: Sequence[str], templates: Sequence[str] | None = None) -> None: ...
+
+
+@runtime_checkable
+class BatchScorer(Protocol):
+    """A scorer that can score the prompted images of several images in one call.
+
+    `prompted[i]` and `queries[i]` belong to image i; the result is one score vector per image,
+    each equal to `score(prompted[i], queries[i], templates)` (any softmax over queries stays
+    within one image).
+    """
+
+    def score_batch(
+        self,
+        prompted: Sequence[Sequence[np.ndarray]],
+        queries: Sequence[Sequence[str]],
+        templates: Sequence[str] | None = None,
+    ) -> list[np.ndarray]: ...

@@ -17,6 +17,7 @@ from carbench.models.backbones.registry import load_clip
 from carbench.models.backbones.vit import ClipBackbone
 from carbench.models.car_config import COMPONENTS, build_component, complete_model_cfg
 from carbench.models.fidelity import resolve_fidelity
+from carbench.models.postprocess.pool import resolve_workers
 from carbench.models.presets import get_preset
 from carbench.models.prompts import import_prompt_modules
 from carbench.models.recurrent import CaR, PostProcess
@@ -129,7 +130,7 @@ def build_car(cfg: dict[str, Any], postprocess: PostProcess | None, pool: Backbo
         },
         reuse_unchanged_step=not ref,
         amp=str(cfg["amp"]),
-        postprocess_workers=0 if ref else post_workers(cfg["postprocess_workers"], pool.device),
+        postprocess_workers=0 if ref else resolve_workers(cfg["postprocess_workers"], pool.device),
         fallback_unfiltered_quirk=quirks["fallback_unfiltered_quirk"],
         crf_one_hot_quirk=quirks["crf_one_hot_quirk"],
     )
@@ -147,16 +148,6 @@ def apply_cam_alias(cfg: dict[str, Any]) -> None:
         raise ValueError(f"model.cam={cam} switches the CLIP-ES proposer, but model.proposer is "
                          f"{cfg['proposer'].get('_target_')}; drop model.cam and use model/proposer=…")
     cfg["proposer"]["refine"] = CAM_TYPES[cam]
-
-
-def post_workers(value: int | str, device: torch.device) -> int:
-    """`model.postprocess_workers`: "auto" = 1 worker process on CUDA (the CPU CRF then overlaps the
-    GPU's next image), 0 on CPU (the CLIP work already uses every core; no worker start-up cost)."""
-    if value == "auto":
-        return 1 if torch.device(device).type == "cuda" else 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"model.postprocess_workers must be 'auto' or an integer ≥ 0, got {value!r}")
-    return value
 
 
 def build_dense_clip(cfg: dict[str, Any], postprocess: PostProcess | None, pool: BackbonePool) -> Segmenter:

@@ -15,19 +15,38 @@ Two official-code fallbacks are switches (docs/method.md §5.2; both default to 
   queries replace the empty ones before prompting, so each query keeps its own map.
 - `crf_one_hot_quirk`: the official one-hot after the CRF drops trailing queries that win no pixel
   (quirk D, see postprocess/crf.py), so they lose their mask and their score.
+
+Batching (`segment_batch`, `model.batch_images`): the per-image rules live in one `LoopState` per
+image (models/loop_state.py) and `run_batch` advances all of them a step at a time, so each image
+runs its own recurrence (own queries, own step number, own stop) and leaves the batch once it has
+converged. Each step's CLIP work of the images still running goes through the components' batch
+methods when they have them (`BatchProposer`, `BatchScorer`), image by image otherwise; a single
+image always takes the plain `propose` / `score` path, so `segment` is `run_batch` of one image.
+Per-image trace timings: a batched stage's time is split evenly over the images computed in it
+(a reused step costs 0), so the per-image sums still add up to the run's time.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 
 import numpy as np
 import torch
 
 from carbench.models.backbones.device import autocast, check_amp
-from carbench.models.components import KeyedProposer, MaskScorer, Proposer, WarmsScorerText, WarmsText
+from carbench.models.components import (
+    BatchProposer,
+    BatchScorer,
+    KeyedProposer,
+    MaskScorer,
+    Proposer,
+    WarmsScorerText,
+    WarmsText,
+)
 from carbench.models.labels import assemble_semantic_labels
+from carbench.models.loop_state import LoopResult, LoopState, StepRules
 from carbench.models.postprocess.crf import one_hot_channels
 from carbench.models.postprocess.pool import PostprocessPool
 from carbench.models.prompts import prompt_images, validate_prompts
@@ -138,76 +157,111 @@ class CaR:
         official all-empty fallback, which hands on the previous stage's unfiltered maps (more
         rows than alive queries; `_assemble` pairs them in order, as the official code does).
         """
-        alive = list(range(len(queries)))
-        prev_kept = 0
-        prev_maps: np.ndarray | None = None  # clean fallback: previous stage's maps of the survivors
-        prev_out: np.ndarray | None = None  # official fallback: previous stage's maps as handed on
-        trace: list[dict] = []
-        step = 0
-        last: tuple[list[str], np.ndarray, np.ndarray, list[np.ndarray]] | None = None
-        while True:
-            step += 1
-            names = [queries[i] for i in alive]
-            key = self._step_key(names, background, step)
-            t0 = time.perf_counter()
-            if self.reuse_unchanged_step and last is not None and key is not None and last[0] == key:
-                # The proposer says this step's maps equal the last step's (all survived, e.g. no
-                # quirk-A template switch): maps and scores would be recomputed bit for bit, so reuse them.
-                _, maps, scores, prompted = last
-                t1 = t2 = t3 = time.perf_counter()
-            else:
-                maps = self.proposer.propose(image, names, background, step)
-                if not self.fallback_unfiltered_quirk and prev_maps is not None and not maps.any():
-                    maps = prev_maps  # clean fallback: before prompting, the survivors' own maps
-                t1 = time.perf_counter()
-                prompted = prompt_images(image, maps, self.prompts, self.eta, **self.prompt_kwargs)
-                t2 = time.perf_counter()
-                scores = self.classifier.score(prompted, names, templates)
-                t3 = time.perf_counter()
-            last = (key, maps, scores, prompted)
-            out = maps
-            if self.fallback_unfiltered_quirk and prev_out is not None and not maps.any():
-                out = prev_out  # official fallback: only what is handed on changes
-            prev_out = out
-            keep = scores > self.theta
-            if not keep.any():
-                keep[int(np.argmax(scores))] = True
-            trace.append(
-                {
-                    "step": step,
-                    "alive": list(alive),
-                    "scores": [float(s) for s in scores],
-                    "kept": [a for a, k in zip(alive, keep, strict=True) if k],
-                    "maps": maps,  # n×H×W proposals and the prompted images the classifier saw:
-                    "prompted": prompted,  # what the demo's and overlays' per-step panels draw
-                    "time": {"cam": t1 - t0, "prompts": t2 - t1, "classifier": t3 - t2},
-                }
-            )
-            n_kept = int(keep.sum())
-            converged = n_kept == prev_kept  # every alive query survived again
-            if converged or (self.max_steps is not None and step >= self.max_steps):
-                return alive, out, scores, trace
-            prev_kept = n_kept
-            alive = [a for a, k in zip(alive, keep, strict=True) if k]
-            prev_maps = maps[keep]
+        (res,) = self.run_batch([image], [queries], background, templates)
+        return res.alive, res.maps, res.scores, res.trace
+
+    def run_batch(
+        self,
+        images: Sequence[np.ndarray],
+        queries: Sequence[Sequence[str]],
+        background: Sequence[str] = (),
+        templates: Sequence[str] | None = None,
+    ) -> list[LoopResult]:
+        """The recurrence of several images together (module docstring, "Batching"); one result per image."""
+        rules = StepRules(self.theta, self.max_steps, self.reuse_unchanged_step, self.fallback_unfiltered_quirk)
+        states = [
+            LoopState(q, rules, lambda names, step: self._step_key(names, background, step)) for q in queries
+        ]
+        running = list(range(len(states)))
+        while running:
+            fresh = [i for i in running if states[i].begin_step()]
+            for i in running:
+                if i not in fresh:
+                    states[i].take_reused()
+            if fresh:
+                self._fresh_step(images, states, fresh, background, templates)
+            running = [i for i in running if not states[i].done]
+        return [s.result for s in states]  # type: ignore[misc]  # every state is done here
+
+    def _fresh_step(
+        self,
+        images: Sequence[np.ndarray],
+        states: list[LoopState],
+        fresh: list[int],
+        background: Sequence[str],
+        templates: Sequence[str] | None,
+    ) -> None:
+        """Propose, prompt and score one step of the images in `fresh`; each state takes its own results."""
+        imgs = [images[i] for i in fresh]
+        names = [states[i].names for i in fresh]
+        t0 = time.perf_counter()
+        maps = self._propose(imgs, names, background, [states[i].step for i in fresh])
+        maps = [states[i].fallback_before_prompting(m) for i, m in zip(fresh, maps, strict=True)]
+        t1 = time.perf_counter()
+        prompted = [prompt_images(im, m, self.prompts, self.eta, **self.prompt_kwargs)
+                    for im, m in zip(imgs, maps, strict=True)]
+        t2 = time.perf_counter()
+        scores = self._score(prompted, names, templates)
+        t3 = time.perf_counter()
+        n = len(fresh)
+        times = {"cam": (t1 - t0) / n, "prompts": (t2 - t1) / n, "classifier": (t3 - t2) / n}
+        for k, i in enumerate(fresh):
+            states[i].take(maps[k], prompted[k], scores[k], times)
+
+    def _propose(
+        self, images: list[np.ndarray], names: list[list[str]], background: Sequence[str], steps: list[int]
+    ) -> list[np.ndarray]:
+        """One step's proposals of these images: in one call when the proposer batches, else image by image."""
+        if len(images) > 1 and isinstance(self.proposer, BatchProposer):
+            maps = self.proposer.propose_batch(images, names, background, steps)
+            if len(maps) != len(images):
+                raise ValueError(f"{type(self.proposer).__name__}.propose_batch returned {len(maps)} map stacks "
+                                 f"for {len(images)} images; it must return one per image")
+            return list(maps)
+        return [self.proposer.propose(im, q, background, s) for im, q, s in zip(images, names, steps, strict=True)]
+
+    def _score(
+        self, prompted: list[list[np.ndarray]], names: list[list[str]], templates: Sequence[str] | None
+    ) -> list[np.ndarray]:
+        """One step's scores of these images: in one call when the scorer batches, else image by image."""
+        if len(prompted) > 1 and isinstance(self.classifier, BatchScorer):
+            scores = self.classifier.score_batch(prompted, names, templates)
+            if len(scores) != len(prompted):
+                raise ValueError(f"{type(self.classifier).__name__}.score_batch returned {len(scores)} score "
+                                 f"vectors for {len(prompted)} images; it must return one per image")
+            return list(scores)
+        return [self.classifier.score(p, q, templates) for p, q in zip(prompted, names, strict=True)]
 
     def _clip_stage(
-        self, image: np.ndarray, queries: list[str], background: Sequence[str] | None, templates: Sequence[str] | None
-    ):
-        """Everything before post-processing: text warm-up and the recurrence."""
-        queries = check_queries(queries)
+        self,
+        images: Sequence[np.ndarray],
+        queries: Sequence[list[str]],
+        background: Sequence[str] | None,
+        templates: Sequence[str] | None,
+    ) -> list[tuple[list[str], LoopResult]]:
+        """Everything before post-processing, for a batch: checks, text warm-up and the recurrence."""
+        if len(images) != len(queries):
+            raise ValueError(f"{len(images)} images but {len(queries)} query lists; give one query list per image")
         background = self.background_queries if background is None else list(background)
-        check_background_queries(queries, background)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be H×W×3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
-        t0 = time.perf_counter()
+        checked = []
+        for image, q in zip(images, queries, strict=True):
+            q = check_queries(q)
+            check_background_queries(q, background)
+            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                shape, dtype = getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__)
+                raise ValueError(f"image must be H×W×3 uint8 RGB, got shape {shape} dtype {dtype}")
+            checked.append(q)
+        t_text = []
+        for q in checked:
+            t0 = time.perf_counter()
+            with self.autocast():
+                self.warm_text(q, background, templates)
+            t_text.append(time.perf_counter() - t0)
         with self.autocast():
-            self.warm_text(queries, background, templates)
-        t_text = time.perf_counter() - t0
-        with self.autocast():
-            alive, maps, scores, trace = self.run_loop(image, queries, background, templates)
-        trace[0]["time"]["text"] = t_text
-        return queries, alive, maps, scores, trace
+            results = self.run_batch(images, checked, background, templates)
+        for res, t in zip(results, t_text, strict=True):
+            res.trace[0]["time"]["text"] = t
+        return list(zip(checked, results, strict=True))
 
     def _assemble(self, image, queries, alive, final, scores, trace, t_post: float) -> Prediction:
         """Scatter the final maps and scores back to the original query order.
@@ -237,10 +291,25 @@ class CaR:
         templates: Sequence[str] | None = None,
     ) -> Prediction:
         """One image: the recurrence, then the post-processing (None = this model's own texts)."""
-        queries, alive, maps, scores, trace = self._clip_stage(image, queries, background, templates)
-        t0 = time.perf_counter()
-        final = self.postprocess(image, maps).astype(np.float32) if self.postprocess else maps
-        return self._assemble(image, queries, alive, final, scores, trace, time.perf_counter() - t0)
+        (pred,) = self.segment_batch([image], [queries], background=background, templates=templates)
+        return pred
+
+    def segment_batch(
+        self,
+        images: Sequence[np.ndarray],
+        queries: Sequence[list[str]],
+        *,
+        background: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+    ) -> list[Prediction]:
+        """Several images, each with its own queries: the recurrences run together (module docstring),
+        then each image's post-processing; one `Prediction` per image, equal to its own `segment`."""
+        preds = []
+        for image, (q, res) in zip(images, self._clip_stage(images, queries, background, templates), strict=True):
+            t0 = time.perf_counter()
+            final = self.postprocess(image, res.maps).astype(np.float32) if self.postprocess else res.maps
+            preds.append(self._assemble(image, q, res.alive, final, res.scores, res.trace, time.perf_counter() - t0))
+        return preds
 
     def segment_deferred(self, image: np.ndarray, queries: list[str]) -> Callable[[], Prediction]:
         """Do the CLIP work now; return a function that finishes the `Prediction`.
@@ -252,13 +321,31 @@ class CaR:
         if self.post_pool is None:
             pred = self.segment(image, queries)
             return lambda: pred
-        queries, alive, maps, scores, trace = self._clip_stage(image, queries, None, None)
-        future = self.post_pool.submit(image, maps)
+        (finish,) = self.segment_batch_deferred([image], [queries])
+        return finish
+
+    def segment_batch_deferred(
+        self, images: Sequence[np.ndarray], queries: Sequence[list[str]]
+    ) -> list[Callable[[], Prediction]]:
+        """`segment_deferred` of a batch: the CLIP work of all images now, every image's post-processing
+        submitted to the pool before this returns; one finishing function per image."""
+        if self.post_pool is None:
+            preds = self.segment_batch(images, queries)
+            return [lambda pred=pred: pred for pred in preds]
+        stages = self._clip_stage(images, queries, None, None)
+        futures = [self.post_pool.submit(image, res.maps) for image, (_, res) in zip(images, stages, strict=True)]
+        return [self._finisher(image, q, res, future)
+                for image, (q, res), future in zip(images, stages, futures, strict=True)]
+
+    def _finisher(
+        self, image: np.ndarray, queries: list[str], res: LoopResult, future: Future
+    ) -> Callable[[], Prediction]:
+        """A function that waits for this image's post-processing and assembles its `Prediction`."""
 
         def finish() -> Prediction:
             t0 = time.perf_counter()
             final, t_post = future.result()
-            trace[-1]["time"]["postprocess_wait"] = time.perf_counter() - t0
-            return self._assemble(image, queries, alive, final, scores, trace, t_post)
+            res.trace[-1]["time"]["postprocess_wait"] = time.perf_counter() - t0
+            return self._assemble(image, queries, res.alive, final, res.scores, res.trace, t_post)
 
         return finish
