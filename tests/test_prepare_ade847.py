@@ -142,3 +142,24 @@ def test_the_prepare_script_is_the_one_command(release: tuple[Path, dict[str, np
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ADE-847 validation: 2 images, 2 label maps" in proc.stdout
     assert len(list((root / "annotations_detectron2" / "validation").glob("*.tif"))) == 2
+
+
+def test_the_index_is_read_without_running_code_from_it(tmp_path):
+    """A pickle that names any callable besides numpy's array rebuilders is refused, with the file named."""
+    import os
+
+    from carbench.data.convert_ade847 import IndexUnpickler
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "index_ade20k.pkl"
+    path.write_bytes(pickle.dumps({"folder": [], "filename": [Evil()]}))
+    with path.open("rb") as f, pytest.raises(pickle.UnpicklingError, match=r"index_ade20k\.pkl names .*system"):
+        IndexUnpickler(f).load()
+    assert not (tmp_path / "pwned").exists()
+    path.write_bytes(pickle.dumps({"a": np.arange(3, dtype=np.int16), "b": np.float32(2.5)}))
+    with path.open("rb") as f:
+        back = IndexUnpickler(f).load()
+    assert back["a"].tolist() == [0, 1, 2] and back["a"].dtype == np.int16 and float(back["b"]) == 2.5

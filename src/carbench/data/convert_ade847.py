@@ -87,13 +87,37 @@ def split_of(filename: str) -> str:
     return "validation" if parts[1] == "val" else "training"
 
 
+#: The only globals the index may name: what numpy needs to rebuild its arrays and scalars.
+INDEX_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    (module, name)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name in ("_reconstruct", "scalar")
+) | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class IndexUnpickler(pickle.Unpickler):
+    """Reads the release's index (a pickle) without letting it run code.
+
+    A plain `pickle.load` would call whatever the file names; the index only holds dicts, lists,
+    strings and numpy arrays, so every other global is refused with the file named.
+    """
+
+    def find_class(self, module: str, name: str):  # noqa: D102 - see the class docstring
+        if (module, name) not in INDEX_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"{INDEX_FILE} names {module}.{name}, which an ADE20K index never holds (only dicts, lists, strings "
+                f"and numpy arrays); refusing to load it. Re-download the release; {HINT}"
+            )
+        return super().find_class(module, name)
+
+
 def _read_index(release: Path) -> list[tuple[Path, str]]:
     """(image path, split) of every image the release's index lists."""
     path = release / INDEX_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; {HINT}")
     with path.open("rb") as f:
-        index = pickle.load(f)  # noqa: S301 - the dataset's own index file, which the user downloaded
+        index = IndexUnpickler(f).load()
     if not isinstance(index, dict) or not {"folder", "filename"} <= set(index):
         keys = sorted(index) if isinstance(index, dict) else type(index).__name__
         raise ValueError(f"{path} has no 'folder' and 'filename' lists (found {keys}); not the ADE20K 2021 index")

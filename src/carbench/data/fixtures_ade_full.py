@@ -76,7 +76,8 @@ def write_ade_full_fixture(root: str | Path, seed: int = 0) -> dict[str, np.ndar
     for folder, name, objects in entries:
         _write(release, folder, name, objects, rng)
     index = {"folder": [e[0] for e in entries], "filename": [e[1] for e in entries],
-             "objectnames": ["-", "unused here"]}
+             "objectnames": ["-", "unused here"],
+             "objectPresence": np.zeros((2, len(entries)), np.int32)}  # the real index holds numpy arrays too
     with (release / "index_ade20k.pkl").open("wb") as f:
         pickle.dump(index, f)
     to_label = np.vectorize(lambda o: lab[int(o)], otypes=[np.uint16])
