@@ -21,26 +21,103 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 from carbench.models.presets import BackbonePreset
 
-__all__ = ["ClipBackbone", "block_forward"]
+__all__ = ["AttentionMean", "ClipBackbone", "block_forward", "head_averaged_attention"]
 
 
-def block_forward(block: torch.nn.Module, x: torch.Tensor, need_attn: bool):
+def block_forward(block: torch.nn.Module, x: torch.Tensor, need_attn: bool, by_head: bool = False):
     """One residual block, optionally returning its head-averaged attention map [B, N, N].
 
     open_clip's block calls attention with need_weights=False; we re-run the same sub-modules in
-    the same order to get the weights. Equality with `block(x)` is a unit test.
+    the same order to get the weights (`head_averaged_attention`). Equality with `block(x)` is a
+    unit test. `by_head=True` runs the attention one head at a time even without the map: torch's
+    inference path forms all heads' [B, heads, N, N] scores at once (3.2 GB at N = 8193, 12 heads).
     """
-    if not need_attn:
+    if not need_attn and not by_head:
         return block(x), None
     if not isinstance(block, ResidualAttentionBlock) or hasattr(block, "ln_1_kv"):
         raise NotImplementedError(
             f"attention maps are implemented for open_clip ResidualAttentionBlock, got {type(block).__name__}"
         )
-    y = block.ln_1(x)
-    out, attn = block.attn(y, y, y, need_weights=True, average_attn_weights=True)
+    out, attn = head_averaged_attention(block.attn, block.ln_1(x), need_weights=need_attn)
     x = x + block.ls_1(out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, attn
+
+
+def head_averaged_attention(
+    attn: torch.nn.MultiheadAttention, y: torch.Tensor, need_weights: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Self-attention output [B, N, C] and head-averaged weights [B, N, N] of `attn` on tokens y [B, N, C]
+    (None for `need_weights=False`).
+
+    The operations of torch's inference path for nn.MultiheadAttention (need_weights=True,
+    average_attn_weights=True), in its order, except that the weights are formed one head at a time
+    and summed into the average as they go. torch forms all heads' [B, heads, N, N] scores at once
+    (3.2 GB for a 2048×1024 image on ViT-B/16: N = 8193, 12 heads; twice that on its autograd
+    path), where this keeps three [N, N] maps alive (0.8 GB). Output and average equal torch's to
+    float rounding (bit for bit on one image in our checks; a unit test compares them).
+    """
+    if (
+        not isinstance(attn, torch.nn.MultiheadAttention)
+        or not attn.batch_first
+        or not attn._qkv_same_embed_dim
+        or attn.bias_k is not None
+        or attn.add_zero_attn
+    ):
+        raise NotImplementedError(
+            f"head-averaged attention maps need a batch-first, packed nn.MultiheadAttention without extra "
+            f"key/value biases (open_clip's ResidualAttentionBlock), got {type(attn).__name__}"
+        )
+    bsz, n, c = y.shape
+    heads = attn.num_heads
+    dh = c // heads
+    qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)  # batch-first, as torch's inference path
+    q, k, v = qkv.view(bsz, n, 3, heads, dh).permute(2, 0, 3, 1, 4)  # each [B, heads, N, dh]
+    q = q * math.sqrt(1.0 / float(dh))
+    out = torch.empty_like(q)
+    avg = q.new_empty(bsz, n, n) if need_weights else None
+    for b in range(bsz):
+        for h in range(heads):
+            w = (q[b, h] @ k[b, h].transpose(-2, -1)).softmax(-1)  # [N, N]: one head's weights
+            out[b, h] = w @ v[b, h]
+            if avg is not None and h == 0:
+                avg[b].copy_(w)
+            elif avg is not None:
+                avg[b].add_(w)
+            del w
+        if avg is not None:
+            avg[b].div_(heads)  # torch averages heads as their sum divided by their number
+    out = F.linear(out.transpose(1, 2).reshape(bsz, n, c), attn.out_proj.weight, attn.out_proj.bias)
+    return out, avg
+
+
+class AttentionMean:
+    """Running mean of head-averaged attention maps [B, N, N] over blocks, in float32.
+
+    CLIP-ES's affinity uses the mean of the last blocks' maps; keeping each map until the end would
+    hold one N×N per block (8 × 268 MB at 2048×1024 on ViT-B/16), the running sum holds one.
+    Summing in block order then dividing is the stacked maps' mean up to float rounding (torch's
+    reduction over a stacked dimension may add in another order).
+    """
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, attn: torch.Tensor) -> None:
+        """Fold one block's map into the sum (the map itself can be freed afterwards)."""
+        if self.total is None:
+            self.total = attn.float().clone()
+        else:
+            self.total.add_(attn.float())
+        self.count += 1
+
+    def mean(self) -> torch.Tensor:
+        """The mean map [B, N, N] (computed in place: the sum is not kept)."""
+        if self.total is None:
+            raise ValueError("AttentionMean.mean(): no attention map was added")
+        total, self.total = self.total, None
+        return total.div_(self.count)
 
 
 class ClipBackbone:
@@ -177,16 +254,30 @@ class ClipBackbone:
         return v.ln_pre(tokens), (int(gh), int(gw))
 
     def run_blocks(
-        self, tokens: torch.Tensor, start: int = 0, stop: int | None = None, attn_from: int | None = None
+        self,
+        tokens: torch.Tensor,
+        start: int = 0,
+        stop: int | None = None,
+        attn_from: int | None = None,
+        attn_mean: AttentionMean | None = None,
+        by_head: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run blocks[start:stop]; collect head-averaged attention maps of blocks with index ≥ attn_from."""
+        """Run blocks[start:stop]; collect head-averaged attention maps of blocks with index ≥ attn_from.
+
+        The maps are returned as a list, or, when `attn_mean` is given, folded into it instead (the
+        list is then empty), so that only one N×N map per image is alive at a time. `by_head=True`
+        computes every block's attention one head at a time (see `block_forward`).
+        """
         maps = []
         stop = len(self.blocks) if stop is None else stop
         for i in range(start, stop):
             need = attn_from is not None and i >= attn_from
-            tokens, attn = block_forward(self.blocks[i], tokens, need)
-            if need:
+            tokens, attn = block_forward(self.blocks[i], tokens, need, by_head)
+            if need and attn_mean is not None:
+                attn_mean.add(attn)
+            elif need:
                 maps.append(attn)
+            del attn
         return tokens, maps
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:

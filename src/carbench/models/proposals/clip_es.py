@@ -22,6 +22,13 @@ one backward of the block, against a forward plus a backward per query before. `
 keeps the official structure instead: for each query its own forward and backward of the last
 block (the reference implementation). Both give the same maps (to float rounding).
 `propose_batch` runs the no-grad part for images of the same CAM size as one batch.
+
+Memory is bounded for large images (a 2048×1024 input on ViT-B/16 has N = 8193 tokens, and one
+N×N float32 map is 268 MB): attention runs one head at a time (`head_averaged_attention`), the
+affinity keeps a running mean of the blocks' maps rather than every map, the closed-form backward
+recomputes one head's probabilities at a time, the box mask multiplies the CAM rather than a copy
+of the transition matrix, and the batched backward through the MLP takes as many queries as
+`GRAD_BUDGET_BYTES` allows (`backward_chunk`). None of this changes the maps beyond float rounding.
 """
 
 from __future__ import annotations
@@ -37,9 +44,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from carbench.models.backbones.vit import ClipBackbone, block_forward
+from carbench.models.backbones.vit import AttentionMean, ClipBackbone, block_forward, head_averaged_attention
 
 EPS = 1e-15
+GRAD_BUDGET_BYTES = 1 << 30  # memory for one batched backward through the last block's MLP (`backward_chunk`)
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
@@ -83,17 +91,27 @@ def box_mask(cam: np.ndarray, lam: float, box_end_quirk: bool = True) -> np.ndar
 
 
 def affinity(attn_maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """CLIP-ES transition matrix from attention maps [(1, N, N)] → [hw, hw].
+    """CLIP-ES transition matrix from attention maps [(1, N, N)] → [hw, hw]: `transition` of their mean."""
+    return transition(torch.stack([a[0] for a in attn_maps]).float().mean(0))
 
-    Mean over the given blocks, CLS row/column removed, 3 rounds of column- then row-normalisation,
-    symmetrised, then squared once (paper Eq. 8 with t = 2).
+
+def transition(mean_attn: torch.Tensor) -> torch.Tensor:
+    """CLIP-ES transition matrix [hw, hw] from the block-mean attention map [N, N] (CLS first).
+
+    CLS row/column removed, 3 rounds of column- then row-normalisation, symmetrised, then squared
+    once (paper Eq. 8 with t = 2). The normalisation runs in place on one copy, so besides the
+    input at most two [hw, hw] float32 matrices are alive at once (268 MB each at 2048×1024 on ViT-B/16).
     """
-    w = torch.stack([a[0] for a in attn_maps]).float().mean(0)[1:, 1:]
-    for _ in range(3):
-        w = w / w.sum(0, keepdim=True)
-        w = w / w.sum(1, keepdim=True)
-    w = (w + w.T) / 2
-    return w @ w
+    w = mean_attn.float()[1:, 1:]
+    w = w / w.sum(0, keepdim=True)
+    w.div_(w.sum(1, keepdim=True))
+    for _ in range(2):
+        w.div_(w.sum(0, keepdim=True))
+        w.div_(w.sum(1, keepdim=True))
+    sym = w + w.T
+    del w
+    sym.div_(2)
+    return sym @ sym
 
 
 def _image_embedding(bb: ClipBackbone, block: torch.nn.Module, x_in: torch.Tensor, attn_out: torch.Tensor):
@@ -124,24 +142,40 @@ def _check_attention(block: torch.nn.Module) -> torch.nn.MultiheadAttention:
 
 
 class _AttentionParts(NamedTuple):
-    """One image's per-head attention quantities [H, N, ·] in float32, shared by every query."""
+    """One image's per-head attention quantities [H, N, ·] in float32, shared by every query.
+
+    The probabilities P [H, N, N] are not kept (3.2 GB for a 2048×1024 image on ViT-B/16): only
+    their CLS column, and `_head_probs` recomputes one head's P where a full one is needed.
+    """
 
     q: torch.Tensor  # [H, N, dh] queries (unscaled)
     k: torch.Tensor  # [H, N, dh]
     v: torch.Tensor  # [H, N, dh]
-    p: torch.Tensor  # [H, N, N] attention probabilities (rows sum to one)
+    p_cls: torch.Tensor  # [H, N] attention of every token to the CLS token: P[:, :, 0]
     o: torch.Tensor  # [H, N, dh] P·V, before the output projection
 
 
+def _head_probs(q: torch.Tensor, k: torch.Tensor, h: int) -> torch.Tensor:
+    """Attention probabilities [N, N] of head h (rows sum to one) from unscaled q, k [H, N, dh]."""
+    return ((q[h] * q.shape[-1] ** -0.5) @ k[h].transpose(-1, -2)).softmax(-1)
+
+
 def _attention_parts(attn: torch.nn.MultiheadAttention, a: torch.Tensor) -> _AttentionParts:
-    """Recompute q, k, v, P and P·V of `attn` on one image's tokens a [N, C] (no grad)."""
+    """Recompute q, k, v, P's CLS column and P·V of `attn` on one image's tokens a [N, C] (no grad),
+    one head's P at a time."""
     n, c = a.shape
     h = attn.num_heads
     dh = c // h
     b_in = attn.in_proj_bias.float() if attn.in_proj_bias is not None else None
     q, k, v = F.linear(a.float(), attn.in_proj_weight.float(), b_in).view(n, 3, h, dh).permute(1, 2, 0, 3)
-    p = ((q * dh**-0.5) @ k.transpose(-1, -2)).softmax(-1)
-    return _AttentionParts(q, k, v, p, p @ v)
+    o = torch.empty_like(v)
+    p_cls = q.new_empty(h, n)
+    for i in range(h):
+        p = _head_probs(q, k, i)
+        o[i] = p @ v[i]
+        p_cls[i] = p[:, 0]
+        del p
+    return _AttentionParts(q, k, v, p_cls, o)
 
 
 def _attention_backward_sums(
@@ -157,20 +191,24 @@ def _attention_backward_sums(
     softmax Jacobian's rows sum to zero (k's sum needs only the CLS column), and q's sum needs the
     score gradient's column sums, which are one P^T·g product per query. Everything in float32.
     """
-    q, k, v, p, o = parts
+    q, k, v, p_cls, o = parts
     h, n, dh = q.shape
     scale = dh**-0.5
     g_o = (g_out.float() @ attn.out_proj.weight.float()).view(len(g_out), n, h, dh).transpose(1, 2)  # [K,H,N,dh]
     r = (g_o * o).sum(-1)  # [K, H, N]: Σ_u P[s,u]·dP[s,u] with dP[s,t] = g_o[s]·v[t]
-    p_cls = p[:, :, 0]  # [H, N]: attention of every token to the CLS token
     s_v = ((1 - p_cls)[None, :, :, None] * g_o).sum(2)  # Σ_{t≥1} Σ_s P[s,t] g_o[s]
     ds_cls = p_cls * ((g_o * v[:, :1]).sum(-1) - r)  # score gradient's CLS column dS[s, 0]
     s_k = -scale * (ds_cls[..., None] * q).sum(2)  # Σ_{t≥1} dS[s,t] = −dS[s,0]
-    p_rows = p[:, 1:].transpose(-1, -2)  # [H, N, N−1]: patch-token rows of P, transposed
-    # einsum, not `p_rows @ g_o`: a broadcast matmul copies P once per query ([K, H, N, N]: 61 GB for
-    # 19 queries on a 2048×1024 ViT-B/16 input); einsum folds K into the columns of one bmm per head
-    pg = torch.einsum("hst,khtd->khsd", p_rows, g_o[:, :, 1:])
-    pr = torch.einsum("hst,kht->khs", p_rows, r[:, :, 1:])
+    # One head at a time, P recomputed (`_head_probs`): a [H, N, N] P is 3.2 GB for a 2048×1024
+    # ViT-B/16 input. einsum, not `p_rows @ g_o`: a broadcast matmul would copy P once per query;
+    # einsum folds K into the columns of one product per head.
+    pg = torch.empty(len(g_o), h, n, dh, dtype=g_o.dtype, device=g_o.device)
+    pr = torch.empty(len(g_o), h, n, dtype=g_o.dtype, device=g_o.device)
+    for i in range(h):
+        p_rows = _head_probs(q, k, i)[None, 1:].transpose(-1, -2)  # [1, N, N−1]: patch rows of P, transposed
+        pg[:, i : i + 1] = torch.einsum("hst,khtd->khsd", p_rows, g_o[:, i : i + 1, 1:])
+        pr[:, i : i + 1] = torch.einsum("hst,kht->khs", p_rows, r[:, i : i + 1, 1:])
+        del p_rows
     col = (v * pg).sum(-1) - pr  # Σ_{s≥1} dS[s,t]
     s_q = scale * (col[..., None] * k).sum(2)  # [K, H, dh]
     sums = torch.cat([s.flatten(1) for s in (s_q, s_k, s_v)], 1)  # [K, 3C], in_proj's q|k|v order
@@ -200,20 +238,37 @@ def last_block_grad_cams(
     hw = acts.shape[0]
     with torch.no_grad():
         parts = _attention_parts(attn, a_in[0])
-        attn_out = block.attn(a_in, a_in, a_in, need_weights=False)[0]
+        attn_out = head_averaged_attention(attn, a_in, need_weights=False)[0]  # one head's scores at a time
     attn_out.requires_grad_(True)  # autograd starts here: the attention's own backward is the closed form
     with torch.enable_grad():
         img = _image_embedding(bb, block, x_in.detach(), attn_out)
         probs = (bb.logit_scale * img @ text.T).softmax(-1)[0, :n_fg]
+    sub = backward_chunk(a_in.shape[1], block.mlp.c_fc.out_features)
     cams = []
     for start in range(0, n_fg, query_chunk):
         m = min(query_chunk, n_fg - start)
-        onehot = torch.zeros(m, n_fg, dtype=probs.dtype, device=probs.device)
-        onehot[:, start : start + m] = torch.eye(m, dtype=probs.dtype, device=probs.device)
-        (g_out,) = torch.autograd.grad(probs, attn_out, onehot, retain_graph=True, is_grads_batched=True)
+        g_out = torch.cat([_output_cotangents(probs, attn_out, start + s, min(sub, m - s)) for s in range(0, m, sub)])
         alpha = _attention_backward_sums(attn, parts, g_out[:, 0]) / hw  # [m, C]
         cams.append(F.relu(acts @ alpha.T).T.reshape(m, *grid))
     return torch.cat(cams, 0)
+
+
+def backward_chunk(n_tokens: int, mlp_width: int, budget_bytes: int = GRAD_BUDGET_BYTES) -> int:
+    """Queries per batched autograd backward through the last block's MLP, so that its per-query
+    [N, mlp_width] float32 temporaries (about four alive at once) fit in `budget_bytes`; at least one.
+
+    At 2048×1024 on ViT-B/16 each query costs about 0.4 GB there (N = 8193, width 3072), so 19
+    queries in one backward would need about 7 GB; small inputs still take every query at once.
+    """
+    return max(1, budget_bytes // (4 * 4 * n_tokens * mlp_width))
+
+
+def _output_cotangents(probs: torch.Tensor, attn_out: torch.Tensor, first: int, m: int) -> torch.Tensor:
+    """Gradients [m, 1, N, C] of probs[first : first + m] w.r.t. the attention output, one batched backward."""
+    onehot = torch.zeros(m, probs.shape[-1], dtype=probs.dtype, device=probs.device)
+    onehot[:, first : first + m] = torch.eye(m, dtype=probs.dtype, device=probs.device)
+    (g_out,) = torch.autograd.grad(probs, attn_out, onehot, retain_graph=True, is_grads_batched=True)
+    return g_out
 
 
 @dataclass
@@ -222,7 +277,7 @@ class _CamFeatures:
 
     x_in: torch.Tensor  # [B, N, C] the last block's input
     a_in: torch.Tensor  # [B, N, C] its ln_1 output (where the gradient is taken)
-    attn_maps: list[torch.Tensor]  # [B, N, N] head-averaged maps of the affinity blocks (empty without refine)
+    attn_mean: torch.Tensor | None  # [B, N, N] mean of the affinity blocks' head-averaged maps (None without refine)
     grid: tuple[int, int]
 
 
@@ -379,12 +434,14 @@ class ClipESProposer:
         with torch.no_grad():
             tokens, grid = bb.embed(x)
             first_attn = max(0, L - self.affinity_blocks) if self.refine else None
-            x_in, attn_maps = bb.run_blocks(tokens, 0, L - 1, attn_from=first_attn)
+            acc = AttentionMean()  # one running N×N sum per image, not one map per block
+            x_in, _ = bb.run_blocks(tokens, 0, L - 1, attn_from=first_attn, attn_mean=acc, by_head=True)
             a_in = bb.blocks[-1].ln_1(x_in)
             if self.refine:  # the last block's attention map, from the same input as the grad pass
                 _, last = block_forward(bb.blocks[-1], x_in, need_attn=True)
-                attn_maps.append(last)
-        return _CamFeatures(x_in, a_in, attn_maps, grid)
+                acc.add(last)
+                del last
+        return _CamFeatures(x_in, a_in, acc.mean() if self.refine else None, grid)
 
     def _maps(
         self, feats: _CamFeatures, row: int, size: tuple[int, int], fg_texts: Sequence[str], background: Sequence[str]
@@ -400,11 +457,12 @@ class ClipESProposer:
             cams[empty] = redo[empty]
         cams = minmax(cams.detach())
         if self.refine:
-            trans = affinity([m[row : row + 1] for m in feats.attn_maps])
+            trans = transition(feats.attn_mean[row])
             refined = []
             for cam in cams:
                 mask = torch.from_numpy(box_mask(cam.cpu().numpy(), self.lam, self.box_end_quirk)).to(trans.device)
-                r = (trans * mask.flatten()[None, :].float()) @ cam.flatten()
+                # trans @ (mask·cam): the products of (trans·mask) @ cam (mask is 0/1) without an N×N copy
+                r = trans @ (mask.flatten().float() * cam.flatten())
                 refined.append(r.view(grid))
             cams = minmax(torch.stack(refined))
         maps = cams.cpu().numpy().astype(np.float32)
