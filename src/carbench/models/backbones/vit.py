@@ -21,7 +21,19 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
 from carbench.models.presets import BackbonePreset
 
-__all__ = ["AttentionMean", "ClipBackbone", "block_forward", "head_averaged_attention"]
+__all__ = ["AttentionMean", "ClipBackbone", "block_forward", "head_averaged_attention", "is_packed_attention"]
+
+
+def is_packed_attention(attn: object) -> bool:
+    """True for the batch-first, packed nn.MultiheadAttention without extra key/value biases that open_clip's
+    ResidualAttentionBlock uses: the one layout the head-by-head attention and the closed-form backward handle."""
+    return (
+        isinstance(attn, torch.nn.MultiheadAttention)
+        and attn.batch_first
+        and attn._qkv_same_embed_dim
+        and attn.bias_k is None
+        and not attn.add_zero_attn
+    )
 
 
 def block_forward(block: torch.nn.Module, x: torch.Tensor, need_attn: bool, by_head: bool = False):
@@ -57,13 +69,7 @@ def head_averaged_attention(
     path), where this keeps three [N, N] maps alive (0.8 GB). Output and average equal torch's to
     float rounding (bit for bit on one image in our checks; a unit test compares them).
     """
-    if (
-        not isinstance(attn, torch.nn.MultiheadAttention)
-        or not attn.batch_first
-        or not attn._qkv_same_embed_dim
-        or attn.bias_k is not None
-        or attn.add_zero_attn
-    ):
+    if not is_packed_attention(attn):
         raise NotImplementedError(
             f"head-averaged attention maps need a batch-first, packed nn.MultiheadAttention without extra "
             f"key/value biases (open_clip's ResidualAttentionBlock), got {type(attn).__name__}"

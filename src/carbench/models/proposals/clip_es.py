@@ -44,7 +44,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from carbench.models.backbones.vit import AttentionMean, ClipBackbone, block_forward, head_averaged_attention
+from carbench.models.backbones.vit import (
+    AttentionMean,
+    ClipBackbone,
+    block_forward,
+    head_averaged_attention,
+    is_packed_attention,
+)
 
 EPS = 1e-15
 GRAD_BUDGET_BYTES = 1 << 30  # memory for one batched backward through the last block's MLP (`backward_chunk`)
@@ -126,13 +132,7 @@ def _check_attention(block: torch.nn.Module) -> torch.nn.MultiheadAttention:
     """The last block's attention, if it is the packed, batch-first nn.MultiheadAttention the shared
     backward is derived for (every open_clip ViT block that `block_forward` accepts)."""
     attn = getattr(block, "attn", None)
-    if (
-        not isinstance(attn, torch.nn.MultiheadAttention)
-        or not attn.batch_first
-        or not attn._qkv_same_embed_dim
-        or attn.bias_k is not None
-        or attn.add_zero_attn
-    ):
+    if not is_packed_attention(attn):
         raise NotImplementedError(
             f"the CLIP-ES proposer's Grad-CAM needs the last block's attention to be a batch-first, packed "
             f"nn.MultiheadAttention without extra key/value biases (open_clip's ResidualAttentionBlock), got "
