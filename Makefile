@@ -24,9 +24,10 @@ bench:              ## speed benchmark: fast vs reference structure (see benchma
 bench-gpu:          ## GPU throughput in one run of at most 8 minutes: stages, batch sizes, memory, utilisation, CRF workers, bf16 vs fp32 (BENCH_GPU_ARGS="--out DIR"; CPU smoke: "--device cpu --tiny")
 	$(PY) benchmarks/bench_gpu.py $(BENCH_GPU_ARGS)
 
-toy-model:          ## retrain the bundled toy CLIP: stage 1 then stage 2 (resumable: rerun continues from .cache/toy_stage{1,2})
+toy-model:          ## retrain the bundled toy CLIPs: stages 1, 2 (proposer) and 3 (classifier); resumable from .cache/toy_stage{1,2,3}
 	$(PY) -m carbench.toy.train --stage 1 --resume $(TOY_ARGS)
 	$(PY) -m carbench.toy.train --stage 2 --resume $(TOY_ARGS)
+	$(PY) -m carbench.toy.train_classifier --resume
 
 lint:
 	$(PY) -m ruff check src tests benchmarks evaluate.py

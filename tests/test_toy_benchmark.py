@@ -21,6 +21,7 @@ from carbench.toy.golden import (
     GOLDEN_FILE,
     ORACLE,
     ROWS,
+    classifier_sha256,
     gate_failures,
     measure,
     new_failures,
@@ -42,7 +43,7 @@ def fresh_data(tmp_path, monkeypatch) -> None:
 
 
 def test_golden_file_matches_the_shipped_weights(golden):
-    assert golden["weights_sha256"] == weights_sha256(), (
+    assert (golden["weights_sha256"], golden["classifier_sha256"]) == (weights_sha256(), classifier_sha256()), (
         "the toy weights changed since the golden numbers were measured: rerun `python -m carbench.toy.golden`"
     )
     assert set(ROWS) - {ORACLE} <= set(golden["rows"]) and ORACLE in golden

@@ -22,6 +22,7 @@ from carbench.toy.model import (
     TOY_MEAN,
     TOY_PATCH,
     TOY_STD,
+    TOY_CLASSIFIER_WEIGHTS,
     TOY_WEIGHTS,
     UNK_ID,
     VOCAB,
@@ -125,10 +126,11 @@ def test_build_is_seeded():
 
 
 def test_shipped_weights_exist_small_and_checked():
-    assert TOY_WEIGHTS.is_file(), "run `make toy-model`"
-    assert TOY_WEIGHTS.stat().st_size <= 10 * 2**20
-    sha = TOY_WEIGHTS.with_name(TOY_WEIGHTS.name + ".sha256")
-    assert sha.is_file()
+    for path in (TOY_WEIGHTS, TOY_CLASSIFIER_WEIGHTS):
+        assert path.is_file(), "run `make toy-model`"
+        assert path.with_name(path.name + ".sha256").is_file()
+        load_toy_clip(path)  # its recorded sha256 matches
+    assert TOY_WEIGHTS.stat().st_size + TOY_CLASSIFIER_WEIGHTS.stat().st_size < 20 * 2**20  # the cap
 
 
 def test_shipped_weights_load(shipped):

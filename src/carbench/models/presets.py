@@ -38,6 +38,8 @@ PRESETS: dict[str, BackbonePreset] = {
         BackbonePreset("tiny_random", "carbench-tiny", None, 224, note="random init, for tests"),
         # The project's own tiny CLIP trained on the toy world (carbench.toy).
         BackbonePreset("toy", "carbench-toy", "bundled", 96, builder="toy", note="trained on toy scenes"),
+        BackbonePreset("toy_classifier", "carbench-toy", "bundled-classifier", 96, builder="toy",
+                       note="the toy CLIP fine-tuned on CaR's prompted proposals (toy/train_classifier.py)"),
         # OVSeg's mask-adapted CLIP (local file; key mapping in models/baselines/ovseg_checkpoint.py).
         BackbonePreset("ovseg_vitl14", "ViT-L-14-quickgelu", "ovseg_swinbase_vitL14_ft_mpt.pth", 224, builder="ovseg",
                        note="OVSeg mask-adapted CLIP ViT-L/14"),

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from carbench.toy.model import TOY_WEIGHTS
+from carbench.toy.model import TOY_CLASSIFIER_WEIGHTS, TOY_WEIGHTS
 from carbench.toy.runs import CONF_DIR, run_toy, run_toy_oracle
 
 GOLDEN_FILE = CONF_DIR / "reported" / "toy.yaml"
@@ -111,17 +111,28 @@ def new_failures(rows: dict[str, dict[str, Any]], golden: dict[str, Any]) -> dic
     return {rule: msg for rule, msg in gate_failures(rows, golden).items() if rule not in known}
 
 
+def _recorded_sha256(path) -> str:
+    return path.with_name(path.name + ".sha256").read_text().split()[0]
+
+
 def weights_sha256() -> str:
-    return TOY_WEIGHTS.with_name(TOY_WEIGHTS.name + ".sha256").read_text().split()[0]
+    """The shipped proposer CLIP's recorded sha256 (preset `toy`)."""
+    return _recorded_sha256(TOY_WEIGHTS)
+
+
+def classifier_sha256() -> str:
+    """The shipped classifier CLIP's recorded sha256 (preset `toy_classifier`)."""
+    return _recorded_sha256(TOY_CLASSIFIER_WEIGHTS)
 
 
 def _write(rows: dict[str, dict[str, Any]], seeds: dict[int, dict[str, dict[str, Any]]]) -> None:
     old = yaml.safe_load(GOLDEN_FILE.read_text()) if GOLDEN_FILE.is_file() else {}
-    same_weights = old.get("weights_sha256") == weights_sha256()
+    same_weights = (old.get("weights_sha256"), old.get("classifier_sha256")) == (weights_sha256(), classifier_sha256())
     doc = {
         "benchmark": "toy",
         "split": "val",
         "weights_sha256": weights_sha256(),
+        "classifier_sha256": classifier_sha256(),
         "tolerance_mIoU": old.get("tolerance_mIoU", 2.0),
         "rows": {**(old.get("rows", {}) if same_weights else {}), **rows},
     }
@@ -143,7 +154,8 @@ def _write(rows: dict[str, dict[str, Any]], seeds: dict[int, dict[str, dict[str,
         "# `known_shape_failures` lists the shapes these weights do not meet yet).\n"
         "# `oracle`: each image's GT classes as queries, nothing dropped (carbench.toy.runs.run_toy_oracle).\n"
         "# `other_seeds` repeats the main rows on val of other dataset.seed values (add dataset.seed=N).\n"
-        "# Re-measure after retraining the toy CLIP (weights_sha256 changes; rows of other weights are dropped).\n"
+        "# Re-measure after retraining the toy CLIPs (weights_sha256 / classifier_sha256 change; rows of other\n"
+        "# weights are dropped).\n"
         + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
     )
     print(f"wrote {GOLDEN_FILE}")

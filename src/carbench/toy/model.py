@@ -58,6 +58,8 @@ __all__ = [
     "TOY_MEAN",
     "TOY_STD",
     "TOY_PATCH",
+    "TOY_CLASSIFIER_WEIGHTS",
+    "BUNDLED_WEIGHTS",
     "TOY_IMAGE_SIZE",
     "BACKGROUND_WORDS",
     "VOCAB",
@@ -72,6 +74,10 @@ __all__ = [
 TOY_ARCH = "carbench-toy"
 TOY_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TOY_WEIGHTS = Path(__file__).parent / "weights" / "toy_clip.safetensors"
+#: Stage 3's classifier CLIP (`carbench.toy.train_classifier`): CaR's second CLIP on the toy world.
+TOY_CLASSIFIER_WEIGHTS = Path(__file__).parent / "weights" / "toy_classifier.safetensors"
+#: What a toy preset's `pretrained` names: the shipped files (anything else is a path).
+BUNDLED_WEIGHTS: dict[str, Path] = {"bundled": TOY_WEIGHTS, "bundled-classifier": TOY_CLASSIFIER_WEIGHTS}
 open_clip.add_model_config(TOY_CONFIG_DIR)
 
 _CFG = json.loads((TOY_CONFIG_DIR / f"{TOY_ARCH}.json").read_text())

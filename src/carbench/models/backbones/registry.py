@@ -77,9 +77,14 @@ def _open_clip(preset: BackbonePreset, pretrained: str | None, cache_dir: str | 
 
 @register_backbone("toy")
 def _toy(preset: BackbonePreset, pretrained: str | None, cache_dir: str | None, seed: int) -> BuiltClip:
-    from carbench.toy.model import TOY_MEAN, TOY_STD, load_toy_clip  # only toy runs pay for the toy package
+    from carbench.toy.model import (  # only toy runs pay for it
+        BUNDLED_WEIGHTS,
+        TOY_MEAN,
+        TOY_STD,
+        load_toy_clip,
+    )
 
-    model, tokenizer = load_toy_clip(None if pretrained in (None, "bundled") else pretrained)
+    model, tokenizer = load_toy_clip(BUNDLED_WEIGHTS.get(pretrained or "bundled", pretrained))
     return BuiltClip(model, tokenizer, TOY_MEAN, TOY_STD)
 
 
