@@ -29,20 +29,19 @@ stage-2 one, so the classifier's texts mean what the proposer's do.
 Deterministic on CPU at a fixed `--threads` (pinned to 1): the proposals, the sampling and the
 export are functions of the arguments, and the export is byte-reproducible (see
 `save_toy_weights`). Resumable: `--resume` continues from `--out`/ckpt.pt (the proposal set is
-rebuilt from its seeds, or read back from `--out`/proposals.pt).
+rebuilt from its seeds, or read back from the `--out`/proposals-*.pt file named after the proposer's
+sha256, the seed, the scene count, η and the prompts).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from carbench.models.backbones.vit import ClipBackbone
 from carbench.models.factory import build_segmenter
@@ -60,6 +59,7 @@ from carbench.toy.model import (
 )
 from carbench.toy.runs import toy_config
 from carbench.toy.scenes import CLASS_NAMES, make_scene, scene_rng
+from carbench.toy.train import lr_at
 
 STEP_STREAM = 300  # np.random.default_rng([seed, 300, step]): which proposals a training step sees
 SET_STREAM = 301  # np.random.default_rng([seed, 301, scene]): the extra absent queries of a scene
@@ -123,14 +123,6 @@ def build_proposals(seg, seed: int, n_scenes: int, size: int, min_object: float)
     return {"images": torch.cat(images), "alive": torch.cat(alive_rows), "target": torch.cat(targets)}
 
 
-def image_embedding(backbone, x: torch.Tensor, skip_last_block: bool) -> torch.Tensor:
-    """The classifier's image embedding with gradients (the path of `ClipBackbone.encode_images`)."""
-    tokens, _ = backbone.embed(x)
-    stop = len(backbone.blocks) - 1 if skip_last_block else None
-    tokens, _ = backbone.run_blocks(tokens, 0, stop)
-    return F.normalize(backbone.pooled_embedding(tokens).float(), dim=-1)
-
-
 def classifier_loss(emb: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, alive: torch.Tensor,
                     target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each template's softmax over the alive queries against the target.
@@ -140,12 +132,6 @@ def classifier_loss(emb: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, 
     logits = scale * torch.einsum("bd,tcd->tbc", emb, text)
     logp = logits.masked_fill(~alive, float("-inf")).log_softmax(-1)
     return -(target * logp.masked_fill(~alive, 0.0)).sum(-1).mean()
-
-
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -225,7 +211,9 @@ def main(argv=None) -> int:
         return 0
 
     seg = _segmenter()
-    data_path = args.out / f"proposals-seed{args.seed}-n{args.scenes}-size{args.size}-min{args.min_object}.pt"
+    # keyed by everything the proposals depend on, so a retrained proposer never reuses stale ones
+    data_path = args.out / (f"proposals-{sha256_of(args.init)[:12]}-seed{args.seed}-n{args.scenes}-size{args.size}"
+                            f"-min{args.min_object}-eta{seg.eta}-{'+'.join(seg.prompts)}.pt")
     if data_path.is_file():
         data = torch.load(data_path, map_location="cpu", weights_only=True)
     else:
@@ -252,7 +240,7 @@ def main(argv=None) -> int:
                                                                                                replace=False))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        emb = image_embedding(backbone, data["images"][idx].float(), skip)
+        emb = backbone.image_embeddings(data["images"][idx].float(), skip)
         loss = classifier_loss(emb, text, model.logit_scale.exp().clamp(max=100), data["alive"][idx],
                                data["target"][idx])
         opt.zero_grad(set_to_none=True)

@@ -310,6 +310,11 @@ class ClipBackbone:
         `skip_last_block=True` reproduces the official classifier (quirk B): the embedding is taken
         after block L−1, never running the last block.
         """
+        return self.image_embeddings(batch, skip_last_block)
+
+    def image_embeddings(self, batch: torch.Tensor, skip_last_block: bool = False) -> torch.Tensor:
+        """`encode_images` with autograd left on: what a trainer of the classifier differentiates
+        (the toy recipe's stage 3), so training and scoring share one code path."""
         tokens, _ = self.embed(batch)
         stop = len(self.blocks) - 1 if skip_last_block else None
         tokens, _ = self.run_blocks(tokens, 0, stop)
