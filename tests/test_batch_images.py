@@ -55,8 +55,9 @@ class BatchingProposer:
 
 
 def images_of_three_sizes() -> list[np.ndarray]:
-    """Toy scenes of 96, 80 and 112 px (the toy CLIP needs 2 or 3 steps on them)."""
-    return [make_scene(scene_rng(0, "val", i), size).image for i, size in [(1, 96), (0, 80), (3, 112)]]
+    """Toy scenes of 96, 80 and 112 px (with the queries of the test below, the shipped toy CLIPs
+    need 3, 2 and 2 steps on them)."""
+    return [make_scene(scene_rng(0, "val", i), size).image for i, size in [(4, 96), (0, 80), (3, 112)]]
 
 
 def assert_same_prediction(a: Prediction, b: Prediction, atol: float = 1e-4) -> None:
