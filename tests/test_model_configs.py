@@ -3,7 +3,9 @@
 `snapshots/model_sections.json` is the resolved `model` section of every dataset × model pair as
 composed BEFORE the values left conf/dataset/*.yaml (taken with the same compose call as below).
 CaR and clip_es must see every old value unchanged (`model.cam` became the proposer's `refine`);
-the other models may only lose keys that are CaR's own, which they never read.
+the other models may only lose keys that are CaR's own, which they never read. A deliberate change
+of a value edits the snapshot in the same commit (so far: the toy's classifier became
+`toy_classifier` and its θ 0.45, when the stage-3 classifier was trained and θ re-tuned).
 """
 
 from __future__ import annotations
