@@ -13,7 +13,9 @@ from PIL import Image
 
 from carbench.toy.scenes import (
     BACKGROUND_KINDS,
+    CLASS_COLORS,
     CLASS_NAMES,
+    COLOR_NAMES,
     COLORS,
     MIN_VISIBLE,
     SPLIT_OFFSETS,
@@ -150,3 +152,50 @@ def test_write_split_voc_layout_and_idempotence(tmp_path):
     # another split next to it does not disturb the first
     write_toy_split(root, "tune", n=3, seed=0, size=SIZE)
     assert split_is_complete(root, "val", 5, 0, SIZE) and split_is_complete(root, "tune", 3, 0, SIZE)
+
+
+def test_by_class_colours_paint_each_object_from_its_own_pair_and_any_mode_uses_every_colour():
+    by_class = [o for i in range(80) for o in make_scene(scene_rng(0, "val", i), SIZE, colors="by_class").objects]
+    assert all(o.color in CLASS_COLORS[o.name] for o in by_class)
+    assert {(o.name, o.color) for o in by_class} == {(n, c) for n, pair in CLASS_COLORS.items() for c in pair}
+    free = [o for i in range(80) for o in make_scene(scene_rng(0, "val", i), SIZE).objects]
+    assert any(o.color not in CLASS_COLORS[o.name] for o in free)  # "any" is not restricted
+
+
+def test_class_colour_pairs_form_a_ring_so_colour_alone_never_names_the_class():
+    owners = {c: [n for n, pair in CLASS_COLORS.items() if c in pair] for c in COLOR_NAMES}
+    assert all(len(v) == 2 for v in owners.values())  # every colour is shared by exactly two classes
+    assert all(len(set(pair)) == 2 for pair in CLASS_COLORS.values())
+
+
+def test_colour_mode_draws_the_background_and_the_first_class_as_any_does():
+    a = make_scene(scene_rng(2, "val", 7), SIZE)
+    b = make_scene(scene_rng(2, "val", 7), SIZE, colors="by_class")
+    assert a.background == b.background and len(a.objects) >= 1
+    assert [o.name for o in a.objects][:1] == [o.name for o in b.objects][:1]  # same first draw of classes
+
+
+def test_unknown_colour_mode_is_rejected_with_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="unknown toy colour mode 'rainbow'; valid: any, by_class"):
+        make_scene(scene_rng(0, "val", 0), SIZE, colors="rainbow")
+    with pytest.raises(ValueError, match="'rainbow'"):
+        write_toy_split(tmp_path / "toy", "val", n=2, seed=0, size=SIZE, colors="rainbow")
+    assert not (tmp_path / "toy" / "JPEGImages").exists()
+
+
+def test_a_split_written_in_one_colour_mode_is_not_complete_in_the_other(tmp_path):
+    root = tmp_path / "toy"
+    write_toy_split(root, "val", n=3, seed=0, size=SIZE, colors="by_class")
+    assert split_is_complete(root, "val", 3, 0, SIZE, "by_class")
+    assert not split_is_complete(root, "val", 3, 0, SIZE)  # "any" must regenerate, never reuse
+    meta = json.loads((root / "toy_val.json").read_text())
+    assert meta["colors"] == "by_class"
+
+
+def test_toy_dataset_keeps_each_colour_mode_in_its_own_folder(tmp_path):
+    from carbench.data.toy import toy_dataset
+
+    a = toy_dataset(tmp_path / "toy", n=2, size=32)
+    b = toy_dataset(tmp_path / "toy", n=2, size=32, colors="by_class")
+    assert (tmp_path / "toy" / "seed0-32px").is_dir() and (tmp_path / "toy" / "seed0-32px-by_class").is_dir()
+    assert not np.array_equal(a[0].image, b[0].image) or not np.array_equal(a[1].image, b[1].image)

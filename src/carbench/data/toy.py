@@ -3,7 +3,7 @@
 `dataset=toy` generates the requested split on first use, deterministically from (seed, split,
 index), into `root/seed<seed>-<size>px`, and then reads it exactly as real VOC is read. Splits
 train / tune / val come from disjoint random streams, so thresholds chosen on `tune` never see `val`.
-Each (seed, size) world has its own folder: two runs with different `dataset.seed` (the golden
+Each (seed, size, colour mode) world has its own folder: two runs with different `dataset.seed` (the golden
 numbers run three) never regenerate each other's images under a running or resumable run.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from carbench.data.generated import claim_generated_root, read_only_error
 from carbench.data.registry import register_dataset
 from carbench.data.voc import VOCSegmentation
-from carbench.toy.scenes import CLASS_NAMES, SPLIT_OFFSETS, write_toy_split
+from carbench.toy.scenes import CLASS_NAMES, SPLIT_OFFSETS, check_color_mode, write_toy_split
 
 TOY_CLASSES: tuple[str, ...] = ("background", *CLASS_NAMES)
 
@@ -26,9 +26,9 @@ class ToySegmentation(VOCSegmentation):
     CLASSES = TOY_CLASSES
 
 
-def world_folder(root: Path, seed: int, size: int) -> Path:
-    """Where the scenes of one (seed, size) world live under the toy root."""
-    return root / f"seed{seed}-{size}px"
+def world_folder(root: Path, seed: int, size: int, colors: str = "any") -> Path:
+    """Where the scenes of one (seed, size, colour mode) world live under the toy root."""
+    return root / (f"seed{seed}-{size}px" + ("" if colors == "any" else f"-{colors}"))
 
 
 @register_dataset("toy")
@@ -38,15 +38,18 @@ def toy_dataset(
     n: int = 100,
     seed: int = 0,
     size: int = 96,
+    colors: str = "any",
     queries: Sequence[str] | None = None,
 ) -> ToySegmentation:
-    """Toy split `split` with `n` scenes of `size`² pixels from `seed`, generated if absent."""
+    """Toy split `split` with `n` scenes of `size`² pixels from `seed`, generated if absent;
+    `colors` is how objects are coloured (`carbench.toy.scenes.COLOR_MODES`)."""
     if split not in SPLIT_OFFSETS:
         raise ValueError(f"unknown toy split {split!r}; valid: {', '.join(SPLIT_OFFSETS)}")
+    check_color_mode(colors)
     root = claim_generated_root(Path(root).expanduser(), "toy")  # never write into someone else's folder
-    root = claim_generated_root(world_folder(root, int(seed), int(size)), "toy")
+    root = claim_generated_root(world_folder(root, int(seed), int(size), colors), "toy")
     try:
-        write_toy_split(root, split, int(n), int(seed), int(size))
+        write_toy_split(root, split, int(n), int(seed), int(size), colors)
     except OSError as err:
         if isinstance(err, PermissionError) or err.errno == errno.EROFS:
             raise read_only_error(root, "toy", err) from err

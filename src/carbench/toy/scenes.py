@@ -39,6 +39,8 @@ __all__ = [
     "CLASS_NAMES",
     "COLOR_NAMES",
     "COLORS",
+    "CLASS_COLORS",
+    "COLOR_MODES",
     "BACKGROUND_KINDS",
     "SPLIT_OFFSETS",
     "MIN_VISIBLE",
@@ -70,6 +72,18 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "pink": (245, 120, 190),
 }
 COLOR_NAMES: list[str] = list(COLORS)
+
+#: Each class's own two colours in the ``by_class`` world: a ring, so every colour belongs to
+#: exactly two classes and the shape still has to tell those two apart. Real classes carry local
+#: evidence (fur, wheels, leaves) in every patch; a flat shape of any colour carries it only on
+#: its outline, so the inside of an object gives a patch-level classifier nothing to go on.
+CLASS_COLORS: dict[str, tuple[str, str]] = {
+    name: (COLOR_NAMES[k], COLOR_NAMES[(k + 1) % len(COLOR_NAMES)]) for k, name in enumerate(CLASS_NAMES)
+}
+
+#: How an object's colour is drawn: ``any`` (any of COLOR_NAMES, whatever the class: the world the
+#: toy CLIP is pre-trained on) or ``by_class`` (one of the class's CLASS_COLORS).
+COLOR_MODES: tuple[str, ...] = ("any", "by_class")
 
 #: Background textures; these words are also the model's background vocabulary.
 BACKGROUND_KINDS: list[str] = ["gradient", "stripes", "blobs", "noise", "checkers"]
@@ -105,6 +119,13 @@ class Scene:
     @property
     def class_ids(self) -> list[int]:
         return sorted({o.class_id for o in self.objects})
+
+
+def check_color_mode(colors: str) -> str:
+    """`colors` if it is one of COLOR_MODES, else a ValueError naming the valid ones."""
+    if colors not in COLOR_MODES:
+        raise ValueError(f"unknown toy colour mode {colors!r}; valid: {', '.join(COLOR_MODES)}")
+    return colors
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -272,10 +293,14 @@ def caption_for(objects: list[SceneObject], background: str, rng: np.random.Gene
 
 
 # ----------------------------------------------------------------------------- scenes
-def make_scene(rng: np.random.Generator, size: int = 96, n_objects: int | None = None) -> Scene:
-    """One random scene (see module docstring). `n_objects` forces the count (0 = background only)."""
+def make_scene(
+    rng: np.random.Generator, size: int = 96, n_objects: int | None = None, colors: str = "any"
+) -> Scene:
+    """One random scene (see module docstring). `n_objects` forces the count (0 = background only);
+    `colors` is one of COLOR_MODES."""
     if size < 16:
         raise ValueError(f"scene size must be ≥ 16 px, got {size}")
+    check_color_mode(colors)
     bg, kind = make_background(rng, size)
     n = int(rng.integers(1, 4)) if n_objects is None else int(n_objects)
     if not 0 <= n <= len(CLASS_NAMES):
@@ -287,7 +312,10 @@ def make_scene(rng: np.random.Generator, size: int = 96, n_objects: int | None =
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     for cid in classes:
         name = CLASS_NAMES[int(cid) - 1]
-        color = COLOR_NAMES[int(rng.integers(len(COLOR_NAMES)))]
+        if colors == "by_class":
+            color = CLASS_COLORS[name][int(rng.integers(2))]
+        else:
+            color = COLOR_NAMES[int(rng.integers(len(COLOR_NAMES)))]
         obj = None
         for _ in range(20):
             r = rng.uniform(0.12, 0.24) * size
@@ -337,8 +365,8 @@ def _ids(split: str, n: int) -> list[str]:
     return [f"{split}_{i:05d}" for i in range(n)]
 
 
-def split_is_complete(root: str | Path, split: str, n: int, seed: int, size: int) -> bool:
-    """True iff `root` holds exactly this split (same n, seed, size, generator version)."""
+def split_is_complete(root: str | Path, split: str, n: int, seed: int, size: int, colors: str = "any") -> bool:
+    """True iff `root` holds exactly this split (same n, seed, size, colour mode, generator version)."""
     root = Path(root)
     meta_path = root / f"toy_{split}.json"
     list_path = root / "ImageSets" / "Segmentation" / f"{split}.txt"
@@ -351,7 +379,7 @@ def split_is_complete(root: str | Path, split: str, n: int, seed: int, size: int
     except (OSError, json.JSONDecodeError):
         return False
     want = {"split": split, "n": n, "seed": seed, "size": size, "version": _FORMAT_VERSION}
-    if any(meta.get(k) != v for k, v in want.items()):
+    if any(meta.get(k) != v for k, v in want.items()) or meta.get("colors", "any") != colors:
         return False
     ids = list_path.read_text().split()
     if ids != _ids(split, n) or len(caps) != n:
@@ -362,7 +390,7 @@ def split_is_complete(root: str | Path, split: str, n: int, seed: int, size: int
     )
 
 
-def write_toy_split(root: str | Path, split: str, n: int, seed: int, size: int = 96) -> None:
+def write_toy_split(root: str | Path, split: str, n: int, seed: int, size: int = 96, colors: str = "any") -> None:
     """Write `n` scenes of `split` in the VOC layout under `root` (idempotent).
 
     root/JPEGImages/<id>.jpg (quality 95), root/SegmentationClass/<id>.png (palette PNG, pixel
@@ -377,8 +405,9 @@ def write_toy_split(root: str | Path, split: str, n: int, seed: int, size: int =
     root = Path(root)
     if n < 1:
         raise ValueError(f"n must be ≥ 1, got {n}")
+    check_color_mode(colors)
     claim_generated_root(root, "toy")  # only into a folder the generator created (marker file)
-    if split_is_complete(root, split, n, seed, size):
+    if split_is_complete(root, split, n, seed, size, colors):
         return
     (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
@@ -388,7 +417,7 @@ def write_toy_split(root: str | Path, split: str, n: int, seed: int, size: int =
     ids = _ids(split, n)
     captions = {}
     for i, sid in enumerate(ids):
-        scene = make_scene(scene_rng(seed, split, i), size)
+        scene = make_scene(scene_rng(seed, split, i), size, colors=colors)
         Image.fromarray(scene.image).save(root / "JPEGImages" / f"{sid}.jpg", quality=95)
         write_palette_png(root / "SegmentationClass" / f"{sid}.png", scene.label)
         captions[sid] = scene.caption
@@ -400,9 +429,10 @@ def write_toy_split(root: str | Path, split: str, n: int, seed: int, size: int =
         "seed": seed,
         "size": size,
         "version": _FORMAT_VERSION,
+        "colors": colors,
         "classes": CLASS_NAMES,
         "stream": f"np.random.default_rng([seed, {SPLIT_OFFSETS[split]}, index])",
     }
     meta_path.write_text(json.dumps(meta, indent=1))
-    if not split_is_complete(root, split, n, seed, size):
+    if not split_is_complete(root, split, n, seed, size, colors):
         raise RuntimeError(f"toy split {split!r} under {root} is incomplete after writing; check disk space")

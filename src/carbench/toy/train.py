@@ -79,7 +79,7 @@ from carbench.toy.model import (
     save_toy_weights,
     sha256_of,
 )
-from carbench.toy.scenes import BACKGROUND_KINDS, CLASS_NAMES, make_scene, scene_rng
+from carbench.toy.scenes import BACKGROUND_KINDS, CLASS_NAMES, COLOR_MODES, make_scene, scene_rng
 
 #: CaR's 15 classifier templates (docs/method.md §2.3), the raw name, and a caption-style one.
 TEMPLATES: list[str] = [
@@ -203,9 +203,11 @@ def _patch_targets(label: np.ndarray, kind: str, patch: int) -> np.ndarray:
 class ToyBatches(Dataset):
     """Item `step` = the whole deterministic batch of that step (generated in a worker)."""
 
-    def __init__(self, seed: int, n_scenes: int, n_prompts: int, size: int, cam_replicas: int = 1 << 30) -> None:
+    def __init__(
+        self, seed: int, n_scenes: int, n_prompts: int, size: int, cam_replicas: int = 1 << 30, colors: str = "any"
+    ) -> None:
         self.seed, self.n_scenes, self.n_prompts, self.size = seed, n_scenes, n_prompts, size
-        self.cam_replicas = cam_replicas
+        self.cam_replicas, self.colors = cam_replicas, colors
 
     def __len__(self) -> int:
         return 1 << 30
@@ -216,7 +218,7 @@ class ToyBatches(Dataset):
         scenes = []
         for j in range(self.n_scenes):
             srng = scene_rng(self.seed, "train", step * self.n_scenes + j)
-            sc = make_scene(srng, self.size, n_objects=0 if rng.random() < 0.06 else None)
+            sc = make_scene(srng, self.size, n_objects=0 if rng.random() < 0.06 else None, colors=self.colors)
             scenes.append(sc)
             attrs = {f"bg:{sc.background}"} | {f"col:{o.name}:{o.color}" for o in sc.objects}
             cls = frozenset(o.name for o in sc.objects)
@@ -475,10 +477,17 @@ def compute_loss(
 # ----------------------------------------------------------------------------- probes
 @torch.no_grad()
 def zero_shot_top1(
-    model, tokenizer, seed: int, n: int = 256, size: int = 96, template: str = "a photo of a {}."
+    model,
+    tokenizer,
+    seed: int,
+    n: int = 256,
+    size: int = 96,
+    template: str = "a photo of a {}.",
+    colors: str = "any",
 ) -> float:
     """Top-1 of single-object probe scenes classified among the 8 names (pooled embedding)."""
-    scenes = [make_scene(np.random.default_rng([seed, PROBE_STREAM, i]), size, n_objects=1) for i in range(n)]
+    rngs = [np.random.default_rng([seed, PROBE_STREAM, i]) for i in range(n)]
+    scenes = [make_scene(r, size, n_objects=1, colors=colors) for r in rngs]
     x = _normalise(np.stack([s.image for s in scenes]))
     img = F.normalize(model.encode_image(x), dim=-1)
     txt = F.normalize(model.encode_text(tokenizer([template.format(c) for c in CLASS_NAMES])), dim=-1)
@@ -487,7 +496,9 @@ def zero_shot_top1(
     return float((pred == truth).mean())
 
 
-def gradcam_probe(model, tokenizer, seed: int, n: int = 16, size: int = 96, thr: float = 0.4) -> float:
+def gradcam_probe(
+    model, tokenizer, seed: int, n: int = 16, size: int = 96, thr: float = 0.4, colors: str = "any"
+) -> float:
     """Mean IoU of plain Grad-CAM (softmax over true classes + background words, target = last
     block's ln_1 input, patch-mean embedding, min-max, bilinear up, > thr) with each true class's
     mask, over multi-object probe scenes. A monitoring proxy, not the benchmark.
@@ -505,7 +516,7 @@ def gradcam_probe(model, tokenizer, seed: int, n: int = 16, size: int = 96, thr:
         tall = F.normalize(model.encode_text(tokenizer(CLASS_NAMES)), dim=-1)
     v = model.visual
     for i in range(n):
-        sc = make_scene(np.random.default_rng([seed, PROBE_STREAM + 1, i]), size)
+        sc = make_scene(np.random.default_rng([seed, PROBE_STREAM + 1, i]), size, colors=colors)
         tf = tall[[c - 1 for c in sc.class_ids]]
         with torch.no_grad():
             h = v._embeds(_normalise(sc.image[None]))
@@ -568,6 +579,8 @@ def _save_ckpt(path: Path, model, opt, step: int, args: argparse.Namespace, hist
 
 def export(model, args: argparse.Namespace, step: int, history: list) -> str:
     meta = {"step": str(step), "seed": str(args.seed), "size": str(args.size), "stage": str(args.stage)}
+    if args.colors != "any":  # absent for the worlds exported before the option existed
+        meta["colors"] = args.colors
     if args.init is not None:
         meta["init_sha256"] = sha256_of(args.init)
     if history:  # without the wall-clock minutes, so the file is a function of the recipe alone
@@ -627,6 +640,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--export", action="store_true", help="only export OUT/ckpt.pt to --weights and exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=96)
+    p.add_argument(
+        "--colors", choices=COLOR_MODES, default="any", help="how objects are coloured (toy/scenes.py COLOR_MODES)"
+    )
     p.add_argument("--scenes", type=int, default=96, help="scenes per step")
     p.add_argument("--prompts", type=int, default=32, help="visually prompted crops per step")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -680,7 +696,7 @@ def main(argv=None) -> int:
             return 0
     n_params = sum(p.numel() for p in model.parameters())
     print(f"toy CLIP: {n_params / 1e6:.2f} M params; args: {vars(args)}", flush=True)
-    data = ToyBatches(args.seed, args.scenes, args.prompts, args.size, args.cam_replicas)
+    data = ToyBatches(args.seed, args.scenes, args.prompts, args.size, args.cam_replicas, args.colors)
     loader = DataLoader(
         data,
         batch_size=None,
@@ -719,8 +735,8 @@ def main(argv=None) -> int:
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", **{k: f"{v:.3f}" for k, v in parts.items()})
         if args.eval_every > 0 and (step % args.eval_every == 0 or step == args.steps):
             model.eval()
-            top1 = zero_shot_top1(model, tokenizer, args.seed, size=args.size)
-            cam = gradcam_probe(model, tokenizer, args.seed, size=args.size)
+            top1 = zero_shot_top1(model, tokenizer, args.seed, size=args.size, colors=args.colors)
+            cam = gradcam_probe(model, tokenizer, args.seed, size=args.size, colors=args.colors)
             model.train()
             rec = {
                 "step": step,

@@ -61,7 +61,7 @@ from carbench.toy.model import (
     sha256_of,
 )
 from carbench.toy.runs import toy_config
-from carbench.toy.scenes import CLASS_NAMES, make_scene, scene_rng
+from carbench.toy.scenes import CLASS_NAMES, COLOR_MODES, make_scene, scene_rng
 from carbench.toy.train import lr_at
 
 STEP_STREAM = 300  # np.random.default_rng([seed, 300, step]): which proposals a training step sees
@@ -102,14 +102,16 @@ def query_sets(present: list[int], rng: np.random.Generator) -> list[tuple[list[
     return sets
 
 
-def build_proposals(seg, seed: int, n_scenes: int, size: int, min_object: float) -> dict[str, torch.Tensor]:
+def build_proposals(
+    seg, seed: int, n_scenes: int, size: int, min_object: float, colors: str = "any"
+) -> dict[str, torch.Tensor]:
     """Prompted proposals of `n_scenes` train scenes, preprocessed, with their alive masks and targets."""
     from tqdm import tqdm
 
     images, alive_rows, targets = [], [], []
     n_cls = len(CLASS_NAMES)
     for s in tqdm(range(n_scenes), desc="proposals", dynamic_ncols=True, mininterval=5, file=sys.stdout):
-        scene = make_scene(scene_rng(seed, "train", s), size)
+        scene = make_scene(scene_rng(seed, "train", s), size, colors=colors)
         present = sorted({int(v) for v in np.unique(scene.label)} - {0})
         for alive, step in query_sets(present, np.random.default_rng([seed, SET_STREAM, s])):
             names = [CLASS_NAMES[c - 1] for c in alive]
@@ -146,6 +148,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--export", action="store_true", help="only export OUT/ckpt.pt to --weights and exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=96)
+    p.add_argument("--colors", choices=COLOR_MODES, default="any",
+                   help="how objects are coloured (toy/scenes.py COLOR_MODES); the proposer's world")
     p.add_argument("--scenes", type=int, default=1000, help="train scenes whose proposals make the data")
     p.add_argument("--min-object", type=float, default=0.2,
                    help="objects must cover this share of a mask for it to name a class (else: uniform target)")
@@ -160,9 +164,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _segmenter():
-    """The toy CaR run's own proposer, prompts and classifier transform (as `python evaluate.py` builds them)."""
-    cfg = toy_config(["model.classifier=toy"])  # the stage-2 model scores here; only its transform is used
+def _segmenter(init: Path):
+    """The toy CaR run's own proposer (the weights `init`), prompts and classifier transform (as
+    `python evaluate.py` builds them)."""
+    # the stage-2 model scores here; only its transform is used
+    cfg = toy_config([f"model.proposal_pretrained={init}", "model.classifier=toy", f"model.classifier_pretrained={init}"])
     return build_segmenter(cfg.model, None, device="cpu", seed=0)
 
 
@@ -176,6 +182,8 @@ def _save_ckpt(path: Path, model, opt, step: int) -> None:
 def export(model, args: argparse.Namespace, step: int) -> str:
     meta = {"stage": "3", "step": str(step), "seed": str(args.seed), "scenes": str(args.scenes),
             "init_sha256": sha256_of(args.init)}
+    if args.colors != "any":  # absent for the world exported before the option existed
+        meta["colors"] = args.colors
     digest = save_toy_weights(model, args.weights, metadata=meta)
     print(f"[export] step {step}: {args.weights} sha256 {digest[:16]}…", flush=True)
     return digest
@@ -213,14 +221,15 @@ def main(argv=None) -> int:
         export(model.eval(), args, step)
         return 0
 
-    seg = _segmenter()
+    seg = _segmenter(args.init)
     # keyed by everything the proposals depend on, so a retrained proposer never reuses stale ones
     data_path = args.out / (f"proposals-{sha256_of(args.init)[:12]}-seed{args.seed}-n{args.scenes}-size{args.size}"
-                            f"-min{args.min_object}-eta{seg.eta}-{'+'.join(seg.prompts)}.pt")
+                            f"-min{args.min_object}-eta{seg.eta}-{'+'.join(seg.prompts)}"
+                            + ("" if args.colors == "any" else f"-{args.colors}") + ".pt")
     if data_path.is_file():
         data = torch.load(data_path, map_location="cpu", weights_only=True)
     else:
-        data = build_proposals(seg, args.seed, args.scenes, args.size, args.min_object)
+        data = build_proposals(seg, args.seed, args.scenes, args.size, args.min_object, args.colors)
         data_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(data, data_path.with_name(data_path.name + ".tmp"))
         data_path.with_name(data_path.name + ".tmp").replace(data_path)
