@@ -289,6 +289,13 @@ def _(ctx):
     build_dataset({"name": "toy", "root": str(ctx.tmp / "toy"), "split": "test"})
 
 
+@case("unknown_toy_colour_mode", "dataset=toy with a colour mode that does not exist", ValueError,
+      [r"'rainbow'"], [r"valid: any, by_class"],
+      existing="tests/test_toy_scenes.py::test_unknown_colour_mode_is_rejected_with_the_valid_ones")
+def _(ctx):
+    build_dataset({"name": "toy", "root": str(ctx.tmp / "toy"), "colors": "rainbow"})
+
+
 # ---------------------------------------------------------------------------------------------- queries
 
 

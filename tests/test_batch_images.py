@@ -19,6 +19,7 @@ from carbench.models.build import build_model
 from carbench.models.classifier import MaskClassifier
 from carbench.models.components import BatchProposer, BatchScorer
 from carbench.models.recurrent import CaR
+from carbench.toy.model import TOY_COLORS
 from carbench.toy.scenes import CLASS_NAMES, make_scene, scene_rng
 from carbench.types import Prediction
 
@@ -55,9 +56,10 @@ class BatchingProposer:
 
 
 def images_of_three_sizes() -> list[np.ndarray]:
-    """Toy scenes of 96, 80 and 112 px (with the queries of the test below, the shipped toy CLIPs
-    need 3, 2 and 2 steps on them)."""
-    return [make_scene(scene_rng(0, "val", i), size).image for i, size in [(4, 96), (0, 80), (3, 112)]]
+    """Toy scenes of 96, 80 and 112 px in the benchmark's world (with the queries of the test below,
+    the shipped toy CLIPs need 3, 2 and 2 steps on them)."""
+    picks = [(43, 96), (0, 80), (3, 112)]
+    return [make_scene(scene_rng(0, "val", i), size, colors=TOY_COLORS).image for i, size in picks]
 
 
 def assert_same_prediction(a: Prediction, b: Prediction, atol: float = 1e-4) -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from carbench.models.factory import build_segmenter
+from carbench.toy.model import TOY_COLORS
 from carbench.toy.scenes import CLASS_NAMES, make_scene, scene_rng
 
 QUERIES = ["ring", "cross"]
@@ -50,7 +51,7 @@ def test_retrieval_finds_the_concept_in_the_archive(reco):
 def test_segmentation_finds_the_object_and_references_are_computed_once(reco):
     seg, _ = reco
     store = seg.references
-    scene = next(s for s in (make_scene(scene_rng(0, "val", i), 96) for i in range(50))
+    scene = next(s for s in (make_scene(scene_rng(0, "val", i), 96, colors=TOY_COLORS) for i in range(50))
                  if [o.name for o in s.objects] == ["ring"])
     scans = store.index_scans
     pred = seg.segment(scene.image, QUERIES)
@@ -162,7 +163,7 @@ def test_the_crf_refines_every_text_and_keeps_the_object(reco):
     from carbench.models.postprocess.crf import CRFParams, DenseCRF
 
     seg, _ = reco
-    scene = next(s for s in (make_scene(scene_rng(0, "val", i), 96) for i in range(50))
+    scene = next(s for s in (make_scene(scene_rng(0, "val", i), 96, colors=TOY_COLORS) for i in range(50))
                  if [o.name for o in s.objects] == ["ring"])
     seg.postprocess = DenseCRF(CRFParams())
     try:

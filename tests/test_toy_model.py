@@ -19,6 +19,7 @@ from carbench.toy.model import (
     SOT_ID,
     TOY_ARCH,
     TOY_CLASSIFIER_WEIGHTS,
+    TOY_COLORS,
     TOY_IMAGE_SIZE,
     TOY_MEAN,
     TOY_PATCH,
@@ -178,7 +179,7 @@ def test_shipped_zero_shot_accuracy(shipped):
     """64 fresh single-object scenes (a stream the training never draws from), 8-way zero-shot."""
     model, tok = shipped
     scenes = [
-        make_scene(np.random.default_rng([12345, 42, i]), TOY_IMAGE_SIZE, n_objects=1) for i in range(64)
+        make_scene(np.random.default_rng([12345, 42, i]), TOY_IMAGE_SIZE, n_objects=1, colors=TOY_COLORS) for i in range(64)
     ]
     with torch.no_grad():
         img = F.normalize(model.encode_image(_normalise(np.stack([s.image for s in scenes]))), dim=-1)
@@ -187,3 +188,25 @@ def test_shipped_zero_shot_accuracy(shipped):
     truth = np.array([s.objects[0].class_id - 1 for s in scenes])
     acc = float((pred == truth).mean())
     assert acc >= ZERO_SHOT_FLOOR, f"zero-shot top-1 {acc:.3f} < floor {ZERO_SHOT_FLOOR}"
+
+
+def test_the_toy_benchmark_demo_and_stage_3_use_the_world_the_shipped_weights_were_tuned_for():
+    """dataset=toy, the demo's toy scenes and the trainers' defaults all follow TOY_COLORS, and the
+    shipped proposer's metadata records that world (stage 2 trained on it)."""
+    from safetensors import safe_open
+
+    from carbench.demo.inputs import TOY_SCENE_INDICES, toy_scenes
+    from carbench.toy.model import TOY_COLORS, TOY_WEIGHTS
+    from carbench.toy.runs import toy_config
+    from carbench.toy.scenes import make_scene, scene_rng
+    from carbench.toy.train import parse_args
+    from carbench.toy.train_classifier import parse_args as parse_classifier_args
+
+    assert toy_config([]).dataset.colors == TOY_COLORS
+    assert parse_args(["--stage", "2"]).colors == TOY_COLORS
+    assert parse_args(["--stage", "1"]).colors == "any"  # pre-training stays on the shape-only world
+    assert parse_classifier_args([]).colors == TOY_COLORS
+    with safe_open(str(TOY_WEIGHTS), "pt") as f:
+        assert f.metadata().get("colors", "any") == TOY_COLORS
+    first = next(iter(toy_scenes().values()))
+    assert np.array_equal(first, make_scene(scene_rng(0, "val", TOY_SCENE_INDICES[0]), 96, colors=TOY_COLORS).image)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from carbench.toy.model import TOY_COLORS
 from carbench.toy.scenes import make_scene, scene_rng
 
 #: Longest image side the demo runs at; larger uploads are downscaled (CLIP runs at native resolution).
@@ -76,6 +77,6 @@ def toy_scenes() -> dict[str, np.ndarray]:
     """The picker's toy scenes (val split, seed 0, 96 px), named after their index and the shapes in them."""
     scenes = {}
     for i in TOY_SCENE_INDICES:
-        scene = make_scene(scene_rng(0, "val", i), 96)
+        scene = make_scene(scene_rng(0, "val", i), 96, colors=TOY_COLORS)
         scenes[f"toy val {i}: {', '.join(o.name for o in scene.objects)}"] = scene.image
     return scenes

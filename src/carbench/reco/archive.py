@@ -66,14 +66,16 @@ def default_datasets_dir() -> Path:
 
 
 def toy_archive(n: int = TOY_DEFAULT_N, root: Path | None = None) -> Archive:
-    """The first `n` toy train scenes, written (once) under `root` (default <datasets>/toy_reco_archive-N;
-    one folder per N, so archives of different sizes never rewrite each other)."""
+    """The first `n` toy train scenes of the toy benchmark's world (`TOY_COLORS`), written (once) under
+    `root` (default <datasets>/toy_reco_archive-N-<colours>; one folder per N and world, so archives of
+    different sizes or worlds never rewrite each other)."""
+    from carbench.toy.model import TOY_COLORS
     from carbench.toy.scenes import write_toy_split
 
     if n < 1:
         raise ValueError(f"archive 'toy:{n}': the toy archive needs at least one scene")
-    root = Path(root) if root is not None else default_datasets_dir() / f"toy_reco_archive-{n}"
-    write_toy_split(root, "train", n, TOY_SEED, TOY_SIZE)
+    root = Path(root) if root is not None else default_datasets_dir() / f"toy_reco_archive-{n}-{TOY_COLORS}"
+    write_toy_split(root, "train", n, TOY_SEED, TOY_SIZE, TOY_COLORS)
     ids = (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
     return Archive(f"toy:{n}", root.resolve(), tuple(f"JPEGImages/{i}.jpg" for i in ids))
 

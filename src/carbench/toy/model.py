@@ -68,6 +68,7 @@ __all__ = [
     "build_toy_clip",
     "load_toy_clip",
     "save_toy_weights",
+    "TOY_COLORS",
     "sha256_of",
 ]
 
@@ -76,6 +77,9 @@ TOY_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TOY_WEIGHTS = Path(__file__).parent / "weights" / "toy_clip.safetensors"
 #: Stage 3's classifier CLIP (`carbench.toy.train_classifier`): CaR's second CLIP on the toy world.
 TOY_CLASSIFIER_WEIGHTS = Path(__file__).parent / "weights" / "toy_classifier.safetensors"
+#: The world the shipped CLIPs were fine-tuned for (stages 2-3; `carbench.toy.scenes.COLOR_MODES`):
+#: what `dataset=toy`, the demo's toy scenes and the stage-3 trainer use.
+TOY_COLORS = "by_class"
 #: What a toy preset's `pretrained` names: the shipped files (anything else is a path).
 BUNDLED_WEIGHTS: dict[str, Path] = {"bundled": TOY_WEIGHTS, "bundled-classifier": TOY_CLASSIFIER_WEIGHTS}
 open_clip.add_model_config(TOY_CONFIG_DIR)

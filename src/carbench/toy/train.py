@@ -1,22 +1,28 @@
 """Train the toy CLIP: ``python -m carbench.toy.train [--stage 1|2] [--steps N] [--minutes M] [--resume]``.
 
-The committed recipe is two stages (``make toy-model`` runs both, each resumable):
+The proposer's recipe is two stages (``make toy-model`` runs both, then stage 3, the classifier of
+`carbench.toy.train_classifier`; each is resumable):
 
 1. ``--stage 1`` (the defaults below): contrastive pre-training from a random init with aids 1-3,
    exported to ``.cache/toy_stage1/toy_clip_stage1.safetensors``.
-2. ``--stage 2``: a short fine-tune of stage 1's weights that adds the two aids reading CaR's own
+2. ``--stage 2``: a short fine-tune of stage 1's weights on the benchmark's world (`TOY_COLORS`:
+   each class painted from its own two colours) that adds the two aids reading CaR's own
    proposal path (`carbench.toy.aids`): 2.0 × the Grad-CAM aid (aid 4) and 0.1 × the attention-affinity
    aid (aid 5), on top of stage 1's losses; 300 steps of 24 scenes + 8 prompted crops, at most 24
-   (scene, class) CAM replicas per step, lr 3e-4 with 20 warm-up steps, one thread. Exported to the
-   shipped `TOY_WEIGHTS`, with stage 1's sha256 in the file's metadata (`init_sha256`).
+   (scene, class) CAM replicas per step, lr 3e-4 with 20 warm-up steps, one thread, probes every
+   100 steps. Exported to the shipped `TOY_WEIGHTS`, with stage 1's sha256 (`init_sha256`) and the
+   world (`colors`) in the file's metadata.
    Why: stage 1 alone classified well (zero-shot 0.91) but its Grad-CAM barely localised (oracle
    queries ≈ 21 mIoU on the first 30 val scenes); asking for the CAM directly is far cheaper than
-   hoping a tiny model's gradients line up (oracle 35 after 26 stage-2 steps, 47 after 78).
+   hoping a tiny model's gradients line up (oracle 35 after 26 stage-2 steps, 47 after 78). On the
+   shape-only world the oracle then stalled near 48: each class's map lit up every object, because
+   a flat shape names its class only along its outline. In the by_class world the patches carry
+   class evidence (the README's toy section has the measured effect).
 
 Stage 1's recipe (defaults; all seeded, so a run is a deterministic function of its arguments):
 - Data: scenes drawn on the fly from the *train* stream of `carbench.toy.scenes` (scene k of the
-  run is ``make_scene(scene_rng(seed, "train", k), size)``; the train split on disk is the first
-  n of them; tune / val / the zero-shot probe use other streams). Each step has `--scenes` (96)
+  run is ``make_scene(scene_rng(seed, "train", k), size, colors=--colors)``, "any" in stage 1;
+  the train split on disk in the same colour mode is the first n of them; tune / val / the zero-shot probe use other streams). Each step has `--scenes` (96)
   scenes — 6 % of them background-only — and `--prompts` (32) visually prompted crops of them.
 - Scene captions name all objects, mostly without colour (25 % with colours, 10 % with the
   background word), in one of CaR's 15 classifier templates or a caption template.
@@ -70,6 +76,7 @@ from carbench.models.baselines.dense_clip import last_block_attention
 from carbench.toy.aids import attention_affinity_loss, attention_probs, gradcam_loss
 from carbench.toy.model import (
     BACKGROUND_WORDS,
+    TOY_COLORS,
     TOY_MEAN,
     TOY_PATCH,
     TOY_STD,
@@ -607,7 +614,8 @@ STAGE_DEFAULTS: dict[int, dict] = {
         "lr": 3e-4,
         "w_cam": 2.0,
         "w_attn": 0.1,
-        "eval_every": 50,
+        "colors": TOY_COLORS,
+        "eval_every": 100,
         "threads": 1,  # pinned: the sha256 of the result is only reproducible at a fixed thread count
     },
 }

@@ -39,18 +39,21 @@ sha256, the seed, the scene count, η and the prompts).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from carbench.models.backbones.vit import ClipBackbone
 from carbench.models.factory import build_segmenter
 from carbench.models.prompts import prompt_images
 from carbench.toy.model import (
     TOY_CLASSIFIER_WEIGHTS,
+    TOY_COLORS,
     TOY_MEAN,
     TOY_STD,
     TOY_WEIGHTS,
@@ -148,7 +151,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--export", action="store_true", help="only export OUT/ckpt.pt to --weights and exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=96)
-    p.add_argument("--colors", choices=COLOR_MODES, default="any",
+    p.add_argument("--colors", choices=COLOR_MODES, default=TOY_COLORS,
                    help="how objects are coloured (toy/scenes.py COLOR_MODES); the proposer's world")
     p.add_argument("--scenes", type=int, default=1000, help="train scenes whose proposals make the data")
     p.add_argument("--min-object", type=float, default=0.2,
@@ -166,10 +169,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _segmenter(init: Path):
     """The toy CaR run's own proposer (the weights `init`), prompts and classifier transform (as
-    `python evaluate.py` builds them)."""
+    `python evaluate.py` builds them), and the model config they came from."""
     # the stage-2 model scores here; only its transform is used
     cfg = toy_config([f"model.proposal_pretrained={init}", "model.classifier=toy", f"model.classifier_pretrained={init}"])
-    return build_segmenter(cfg.model, None, device="cpu", seed=0)
+    return build_segmenter(cfg.model, None, device="cpu", seed=0), cfg.model
 
 
 def _save_ckpt(path: Path, model, opt, step: int) -> None:
@@ -221,11 +224,12 @@ def main(argv=None) -> int:
         export(model.eval(), args, step)
         return 0
 
-    seg = _segmenter(args.init)
-    # keyed by everything the proposals depend on, so a retrained proposer never reuses stale ones
+    seg, model_cfg = _segmenter(args.init)
+    # keyed by everything the proposals depend on (the proposer's weights and every model setting:
+    # η, λ, prompts, CAM…), so a retrained proposer or a re-tuned config never reuses stale ones
+    setting = hashlib.sha256(OmegaConf.to_yaml(model_cfg).encode()).hexdigest()[:12]
     data_path = args.out / (f"proposals-{sha256_of(args.init)[:12]}-seed{args.seed}-n{args.scenes}-size{args.size}"
-                            f"-min{args.min_object}-eta{seg.eta}-{'+'.join(seg.prompts)}"
-                            + ("" if args.colors == "any" else f"-{args.colors}") + ".pt")
+                            f"-min{args.min_object}-{args.colors}-cfg{setting}.pt")
     if data_path.is_file():
         data = torch.load(data_path, map_location="cpu", weights_only=True)
     else:

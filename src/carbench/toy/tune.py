@@ -6,7 +6,12 @@
 
 Coordinate search: θ × η on a grid (λ and prompts at the config's values), then λ, then the visual
 prompts, each at the best setting so far. Prints every tune mIoU and the best setting to write into
-conf/dataset/toy.yaml; the golden numbers on val are then measured by `carbench.toy.golden`.
+conf/dataset_model/toy_car.yaml; the golden numbers on val are then measured by `carbench.toy.golden`.
+
+η, λ and the prompts shape the proposals the stage-3 classifier is trained on
+(`carbench.toy.train_classifier`), so a new value for any of them means re-running stage 3 to keep
+the shipped file the output of the committed recipe; θ does not. To re-tune θ alone, pin the
+others: ``--eta 0.4 --lam 0.3 --prompts circle,blur``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ def tune_miou(n: int, setting: dict[str, object], extra: list[str]) -> float:
 def main(argv: list[str] | None = None) -> dict[str, object]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=60, help="tune scenes")
-    ap.add_argument("--theta", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.45, 0.6])
+    ap.add_argument("--theta", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.45, 0.6, 0.7, 0.8])
     ap.add_argument("--eta", type=float, nargs="+", default=[0.3, 0.4, 0.5])
     ap.add_argument("--lam", type=float, nargs="+", default=[0.3, 0.4, 0.5])
     ap.add_argument("--prompts", nargs="+", default=["circle,blur", "blur"], help="comma-separated prompt lists")
