@@ -10,7 +10,8 @@ ViT-L/14 classifies); the toy does the same: the proposer stays the stage-2 mode
 and the classifier (preset `toy_classifier`) is the stage-2 model fine-tuned here.
 
 The data is exactly what the classifier sees in a CaR run on the toy world:
-- scenes from the *train* stream of `carbench.toy.scenes` (never tune or val);
+- scenes from the *train* stream of `carbench.toy.scenes` (never tune or val), in the
+  benchmark's colour mode (`--colors`, default `TOY_COLORS`);
 - for each scene, the proposer's maps for three query sets: all classes at step 1 (what the
   loop starts with), the present classes at step 2 (a perfect filter's next step), and the
   present classes plus one to three absent ones at step 2 (an imperfect filter);
@@ -33,7 +34,8 @@ Deterministic on CPU at a fixed `--threads` (default 2): the proposals, the samp
 export are functions of the arguments, and the export is byte-reproducible (see
 `save_toy_weights`). Resumable: `--resume` continues from `--out`/ckpt.pt (the proposal set is
 rebuilt from its seeds, or read back from the `--out`/proposals-*.pt file named after the proposer's
-sha256, the seed, the scene count, η and the prompts).
+sha256, the seed, the scene count, the colour mode and a hash of the whole toy model config, so a
+re-tuned η, λ or prompt list builds new proposals).
 """
 
 from __future__ import annotations
