@@ -22,8 +22,9 @@ The proposer's recipe is two stages (``make toy-model`` runs both, then stage 3,
 Stage 1's recipe (defaults; all seeded, so a run is a deterministic function of its arguments):
 - Data: scenes drawn on the fly from the *train* stream of `carbench.toy.scenes` (scene k of the
   run is ``make_scene(scene_rng(seed, "train", k), size, colors=--colors)``, "any" in stage 1;
-  the train split on disk in the same colour mode is the first n of them; tune / val / the zero-shot probe use other streams). Each step has `--scenes` (96)
-  scenes — 6 % of them background-only — and `--prompts` (32) visually prompted crops of them.
+  the train split on disk in the same colour mode is the first n of them; tune / val / the
+  zero-shot probe use other streams). Each step has `--scenes` (96) scenes — 6 % of them
+  background-only — and `--prompts` (32) visually prompted crops of them.
 - Scene captions name all objects, mostly without colour (25 % with colours, 10 % with the
   background word), in one of CaR's 15 classifier templates or a caption template.
 - Prompted crops (localisation aid 1, as CaR's classifier sees proposals): 80 % one object's
