@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from types import SimpleNamespace
 
@@ -12,18 +13,23 @@ import torch.nn.functional as F
 from PIL import Image
 
 from carbench.reco.archive import open_archive
+from carbench.models.backbones.registry import load_clip
+from carbench.reco.build import toy_index
 from carbench.reco.index import StaleIndexError, build_index, encode_archive_images, open_index
 
 
 class FakeClip:
     """Stands in for a ClipBackbone: a fixed random projection of the mean colour of 4 quadrants."""
 
-    def __init__(self, name: str = "fake") -> None:
+    def __init__(self, name: str = "fake", seed: int = 0) -> None:
         self.preset = SimpleNamespace(name=name, pretrained=None, image_size=16)
         self.mean = torch.zeros(1, 3, 1, 1)
         self.std = torch.ones(1, 3, 1, 1)
-        self.proj = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+        self.proj = torch.randn(12, 8, generator=torch.Generator().manual_seed(seed))
         self.encoded = 0
+
+    def weights_sha256(self) -> str:
+        return hashlib.sha256(self.proj.numpy().tobytes()).hexdigest()
 
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
         self.encoded += len(x)
@@ -90,6 +96,45 @@ def test_a_stale_index_is_refused(tmp_path):
         open_index(out, "fake", grown)
     with pytest.raises(StaleIndexError, match="files_hash"):  # and no build mixes two archives in one folder
         build_index(grown, FakeClip(), out, progress=False)
+
+
+def test_an_index_of_other_weights_is_refused(tmp_path):
+    archive = open_archive(_folder(tmp_path))
+    out = build_index(archive, FakeClip(), tmp_path / "idx", progress=False)
+    open_index(out, "fake", archive, FakeClip().weights_sha256())  # the same weights: accepted
+    other = FakeClip(seed=1).weights_sha256()
+    with pytest.raises(StaleIndexError, match=rf"stale.*sha256 {FakeClip().weights_sha256()[:12]}.*now has weights "
+                                              rf"with sha256 {other[:12]}.*python -m carbench.reco.index"):
+        open_index(out, "fake", archive, other)
+    with pytest.raises(StaleIndexError, match="weights_sha256"):  # and no build mixes two CLIPs in one folder
+        build_index(archive, FakeClip(seed=1), out, progress=False)
+
+
+def test_the_toy_index_is_rebuilt_when_its_weights_change_and_only_then(tmp_path):
+    archive = open_archive(_folder(tmp_path))
+    out = tmp_path / "idx"
+    (tmp_path / "keep.txt").write_text("not an index file")
+    first = FakeClip()
+    toy_index(archive, first, out)
+    assert first.encoded == 11 + 1  # the rows, plus the probe that reads the dimension
+    toy_index(archive, first, out)
+    assert first.encoded == 12  # up to date: nothing re-encoded
+    retrained = FakeClip(seed=1)
+    toy_index(archive, retrained, out)
+    index = open_index(out, "fake", archive, retrained.weights_sha256())
+    want = encode_archive_images(FakeClip(seed=1), [archive.load(i) for i in range(11)])
+    np.testing.assert_allclose(np.asarray(index.embeddings, np.float32), want, atol=2e-3)
+    assert (tmp_path / "keep.txt").is_file()
+
+
+def test_the_weights_digest_follows_the_content_not_the_object():
+    a, b = load_clip("toy"), load_clip("toy")
+    assert a.weights_sha256() == b.weights_sha256()
+    assert a.weights_sha256() != load_clip("toy_classifier").weights_sha256()
+    with torch.no_grad():
+        b.model.visual.proj[0, 0] += 1e-3
+    b._weights_sha256 = None  # the digest is cached; this test changes frozen weights on purpose
+    assert a.weights_sha256() != b.weights_sha256()
 
 
 def test_a_missing_index_names_the_build_command(tmp_path):

@@ -3,9 +3,10 @@
 ReCo retrieves, per concept, the archive images whose CLIP image embedding is closest to the
 concept's text embedding; this builds those image embeddings once. Layout of DIR:
 
-- `manifest.json`: preset, weights, archive spec, image count, dimension, the file list's sha256
-  and `complete`; a reader refuses an index whose preset or file-list hash differs from what it
-  is asked to use (stale), or that is not complete;
+- `manifest.json`: preset, weights (as named, and the sha256 of their content:
+  `ClipBackbone.weights_sha256`), archive spec, image count, dimension, the file list's sha256
+  and `complete`; a reader refuses an index whose preset, weights or file-list hash differs from
+  what it is asked to use (stale), or that is not complete;
 - `files.txt`: the archive's relative paths, in index order;
 - `embeddings.f16`: N × D float16, L2-normalised rows, read as a `np.memmap` (knn.py);
 - while building: `shard-R-of-W.f16` + `shard-R-of-W.json` per process (rank R of W takes every
@@ -39,6 +40,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.f16"
 FILES = "files.txt"
+SHARD_GLOBS = ("shard-*-of-*.f16", "shard-*-of-*.json")
 
 
 class StaleIndexError(ValueError):
@@ -69,13 +71,19 @@ class EmbeddingIndex:
 
     @property
     def fingerprint(self) -> str:
-        """What identifies the index's content: preset, weights and file-list hash."""
+        """What identifies the index's content: preset, weights' sha256 and file-list hash."""
         m = self.manifest
-        return f"{m['preset']}|{m.get('pretrained')}|{m['files_hash']}"
+        return f"{m['preset']}|{m.get('weights_sha256')}|{m['files_hash']}"
 
 
-def open_index(path: Path | str, preset: str | None = None, archive: Archive | None = None) -> EmbeddingIndex:
-    """Open a complete index; refuse a missing, unfinished or stale one with the command that fixes it."""
+def open_index(
+    path: Path | str, preset: str | None = None, archive: Archive | None = None, weights_sha256: str | None = None
+) -> EmbeddingIndex:
+    """Open a complete index; refuse a missing, unfinished or stale one with the command that fixes it.
+
+    `preset`, `archive` and `weights_sha256` (the retrieval CLIP's `ClipBackbone.weights_sha256()`)
+    are what the caller will use; each one given must match what the index was built from.
+    """
     path = Path(path)
     mpath = path / MANIFEST
     spec = archive.spec if archive is not None else "ARCHIVE"
@@ -95,6 +103,14 @@ def open_index(path: Path | str, preset: str | None = None, archive: Archive | N
                               f"{m['archive']!r} (file-list sha256 {m['files_hash'][:12]}…) but archive {archive.spec!r} "
                               f"now lists {len(archive)} files (sha256 {archive.files_hash[:12]}…); rebuild it into a "
                               f"new folder: {build_command(spec, m['preset'], str(path) + '-new')}")
+    if weights_sha256 is not None and m.get("weights_sha256") != weights_sha256:
+        built = m.get("weights_sha256")
+        built = f"weights with sha256 {built[:12]}…" if built else "weights it did not record (an older index)"
+        raise StaleIndexError(f"the ReCo index at {path} is stale: it was built with {built} "
+                              f"({m.get('preset')} {m.get('pretrained')}), but the retrieval CLIP now has weights with "
+                              f"sha256 {weights_sha256[:12]}…; rebuild it into a new folder "
+                              f"({build_command(spec, m['preset'], str(path) + '-new')}) and point model.index at it, "
+                              f"or delete {path}")
     files = tuple((path / FILES).read_text().splitlines())
     emb = np.memmap(path / EMBEDDINGS, dtype=np.float16, mode="r", shape=(m["n"], m["dim"]))
     return EmbeddingIndex(path, m, files, emb)
@@ -143,7 +159,7 @@ def _check_resumable(out: Path, want: dict[str, Any]) -> None:
     if not mpath.is_file():
         return
     have = json.loads(mpath.read_text())
-    for key in ("preset", "pretrained", "files_hash", "format"):
+    for key in ("preset", "pretrained", "weights_sha256", "files_hash", "format"):
         if have.get(key) != want.get(key):
             raise StaleIndexError(
                 f"{out} already holds a ReCo index with {key}={have.get(key)!r}, this build has {want.get(key)!r}; "
@@ -174,6 +190,7 @@ def build_index(
     preset = backbone.preset
     manifest = {
         "format": FORMAT_VERSION, "preset": preset.name, "pretrained": str(weights if weights is not None else preset.pretrained),
+        "weights_sha256": backbone.weights_sha256(),
         "archive": archive.spec, "root": str(archive.root), "n": len(archive), "files_hash": archive.files_hash,
         "image_size": preset.image_size, "complete": False,
     }
@@ -232,6 +249,18 @@ def build_index(
         (out / f"shard-{r}-of-{world}.f16").unlink(missing_ok=True)
         (out / f"shard-{r}-of-{world}.json").unlink(missing_ok=True)
     return out
+
+
+def remove_index(path: Path | str) -> None:
+    """Delete the files an index build writes in `path` (and nothing else), then `path` if it is left empty."""
+    path = Path(path)
+    for name in (MANIFEST, FILES, EMBEDDINGS):
+        (path / name).unlink(missing_ok=True)
+    for pattern in SHARD_GLOBS:
+        for f in path.glob(pattern):
+            f.unlink()
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
 
 
 def default_index_dir(archive_spec: str, preset: str) -> Path:

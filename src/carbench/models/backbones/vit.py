@@ -9,6 +9,7 @@ and where its weights came from is `registry.load_clip`'s business, not this mod
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -161,6 +162,23 @@ class ClipBackbone:
         self.text_encodes = 0  # number of strings actually run through the text tower (for tests/bench)
         self.text_chunk = 256  # strings per text-tower batch: bounds memory for large vocabularies
         self.mask_embedding: torch.Tensor | None = None  # OVSeg mask-prompt tokens [depth, grid², width]
+        self._weights_sha256: str | None = None
+
+    def weights_sha256(self) -> str:
+        """sha256 of the model's parameters and buffers: each one's name, shape and float32 bytes, in
+        state-dict order.
+
+        What identifies the weights' content whichever file, tag or builder they came from, and on
+        whichever device they sit, so that a ReCo index (carbench.reco.index) records the CLIP its
+        embeddings came from and is refused by another one. Computed once: the backbone is frozen.
+        """
+        if self._weights_sha256 is None:
+            h = hashlib.sha256()
+            for name, tensor in self.model.state_dict().items():
+                h.update(f"{name}|{tuple(tensor.shape)}|".encode())
+                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._weights_sha256 = h.hexdigest()
+        return self._weights_sha256
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
