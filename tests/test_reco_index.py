@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from carbench.reco.archive import open_archive
 from carbench.models.backbones.registry import load_clip
+from carbench.reco.archive import open_archive
 from carbench.reco.build import toy_index
 from carbench.reco.index import StaleIndexError, build_index, encode_archive_images, open_index
 
