@@ -5,7 +5,8 @@ composed BEFORE the values left conf/dataset/*.yaml (taken with the same compose
 CaR and clip_es must see every old value unchanged (`model.cam` became the proposer's `refine`);
 the other models may only lose keys that are CaR's own, which they never read. A deliberate change
 of a value edits the snapshot in the same commit (so far: the toy's classifier became
-`toy_classifier` and its θ 0.45, when the stage-3 classifier was trained and θ re-tuned).
+`toy_classifier` and its θ 0.45, when the stage-3 classifier was trained and θ re-tuned; θ 0.7 for
+the by_class world; λ 0.6, chosen on the tune split by the oracle-query mIoU).
 """
 
 from __future__ import annotations

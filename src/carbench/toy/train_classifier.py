@@ -27,8 +27,11 @@ cross-entropy of each template's softmax over the alive queries (what the double
 against that target. Only the image tower and the logit scale train; the text tower stays the
 stage-2 one, so the classifier's texts mean what the proposer's do.
 
-The committed recipe is the defaults: 1,000 scenes, 600 steps of 64 proposals, AdamW lr 6e-4
-(30 warm-up steps, then cosine), weight decay 0.05, 2 threads; about 14 minutes on 2 idle cores.
+The committed recipe is the defaults: 4,000 scenes (56,042 proposals), 1,200 steps of 64
+proposals, AdamW lr 6e-4 (30 warm-up steps, then cosine), weight decay 0.05, 2 threads; about
+23 minutes on 2 idle cores (7 of proposals, 16 of training). With 1,000 scenes and 600 steps the
+classifier over-fitted its proposals: on train scenes it kept 94 % of the present classes whose
+step-1 mask lay mostly on their own object, on val scenes 72 %; with 4,000 it keeps 82 % on val.
 
 Deterministic on CPU at a fixed `--threads` (default 2): the proposals, the sampling and the
 export are functions of the arguments, and the export is byte-reproducible (see
@@ -155,10 +158,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--colors", choices=COLOR_MODES, default=TOY_COLORS,
                    help="how objects are coloured (toy/scenes.py COLOR_MODES); the proposer's world")
-    p.add_argument("--scenes", type=int, default=1000, help="train scenes whose proposals make the data")
+    p.add_argument("--scenes", type=int, default=4000, help="train scenes whose proposals make the data")
     p.add_argument("--min-object", type=float, default=0.2,
                    help="objects must cover this share of a mask for it to name a class (else: uniform target)")
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch", type=int, default=64, help="prompted proposals per step")
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--warmup", type=int, default=30)
