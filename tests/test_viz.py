@@ -51,6 +51,17 @@ def test_theta_draws_a_line_across_each_score_bar():
     assert tuple(with_line[bar_y, x_theta]) == viz.TEXT and tuple(without[bar_y, x_theta]) != viz.TEXT
 
 
+def test_a_step_with_one_small_cell_still_shows_its_whole_title():
+    image, step = two_query_step(kept=[0])
+    step = {**step, "alive": [0], "scores": [0.9], "maps": step["maps"][:1], "prompted": step["prompted"][:1]}
+    panel = viz.step_panel(image, step, ["star"], 0.5, {}, tile=TILE)
+    title = "step 1: 1 queries in, kept 1, dropped 0, threshold theta = 0.50 (black line on the bars)"
+    assert panel.width >= viz.font(14).getlength(title) + 4
+    head = np.asarray(panel)[:26]
+    inked = np.flatnonzero((head != 255).any(axis=(0, 2)))
+    assert inked.max() < panel.width - 2  # the last letter is drawn inside the canvas, not cut at its edge
+
+
 def test_one_panel_per_step_and_text_only_cells_without_maps():
     image, step = two_query_step(kept=[0, 1])
     peer_step = {"step": 2, "alive": [0], "kept": [0], "time": {}}  # a peer's trace: no maps, no scores

@@ -178,11 +178,12 @@ def step_panel(
     cols = max(1, min(columns, len(alive)))
     rows = max(1, -(-len(alive) // cols))
     head = 26
-    canvas = Image.new("RGB", (cols * cell_w + 8, head + rows * cell_h + 4), "white")
-    draw = ImageDraw.Draw(canvas)
     theta_txt = f", threshold theta = {theta:.2f} (black line on the bars)" if theta is not None else ""
     title = (f"step {step.get('step', '?')}: {len(alive)} queries in, kept {len(kept & set(alive))}, "
              f"dropped {len(set(alive) - kept)}{theta_txt}")
+    width = max(cols * cell_w + 8, round(f.getlength(title)) + 8)  # a step with few queries still shows its title whole
+    canvas = Image.new("RGB", (width, head + rows * cell_h + 4), "white")
+    draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), title, fill=TEXT, font=f)
     for j, q in enumerate(alive):
         x = 4 + (j % cols) * cell_w
