@@ -40,6 +40,7 @@ from carbench.models.backbones.weights import PretrainedWeightsError
 from carbench.models.presets import get_preset
 from carbench.models.prompts import prompt_images, validate_prompts
 from carbench.models.recurrent import CaR, check_queries
+from carbench.reco.index import StaleIndexError
 from carbench.runs import ResultsFileError
 from carbench.toy.model import ToyWeightsError
 
@@ -720,6 +721,24 @@ def _(ctx):
 
     (ctx.tmp / "results.json").write_text('{"metrics": {"mIoU": 4')
     load_results(ctx.tmp / "results.json")
+
+
+@case("reco_index_of_other_weights", "a ReCo index built with other CLIP weights than the retrieval CLIP's",
+      StaleIndexError, [r"stale: it was built with weights with sha256 [0-9a-f]{12}",
+                        r"now has weights with sha256 [0-9a-f]{12}"],
+      [r"python -m carbench\.reco\.index .* --preset tiny_random", r"point model\.index at it"],
+      existing="test_reco_index.py::test_an_index_of_other_weights_is_refused")
+def _(ctx):
+    from carbench.reco.archive import open_archive
+    from carbench.reco.index import build_index, open_index
+
+    folder = ctx.tmp / "archive"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((24, 24, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    archive = open_archive(folder)
+    out = build_index(archive, ctx.backbone(), ctx.tmp / "index", progress=False)
+    open_index(out, "tiny_random", archive, "0" * 64)
 
 
 @case("resume_record_not_an_object", "a progress line that is JSON but not an object", ResumeError,
