@@ -29,7 +29,7 @@ stage-2 one, so the classifier's texts mean what the proposer's do.
 
 The committed recipe is the defaults: 4,000 scenes (56,042 proposals), 1,200 steps of 64
 proposals, AdamW lr 6e-4 (30 warm-up steps, then cosine), weight decay 0.05, 2 threads; about
-23 minutes on 2 idle cores (7 of proposals, 16 of training). With 1,000 scenes and 600 steps the
+26 minutes on 2 idle cores (7 of proposals, 19 of training). With 1,000 scenes and 600 steps the
 classifier over-fitted its proposals: on train scenes it kept 94 % of the present classes whose
 step-1 mask lay mostly on their own object, on val scenes 72 %; with 4,000 it keeps 82 % on val.
 
