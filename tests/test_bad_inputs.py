@@ -727,7 +727,7 @@ def _(ctx):
       StaleIndexError, [r"stale: it was built with weights with sha256 [0-9a-f]{12}",
                         r"now has weights with sha256 [0-9a-f]{12}"],
       [r"python -m carbench\.reco\.index .* --preset tiny_random", r"point model\.index at it"],
-      existing="test_reco_index.py::test_an_index_of_other_weights_is_refused")
+      existing="tests/test_reco_index.py::test_an_index_of_other_weights_is_refused")
 def _(ctx):
     from carbench.reco.archive import open_archive
     from carbench.reco.index import build_index, open_index
