@@ -120,8 +120,8 @@ def test_the_toy_index_is_rebuilt_when_its_weights_change_and_only_then(tmp_path
     toy_index(archive, first, out)
     assert first.encoded == 12  # up to date: nothing re-encoded
     retrained = FakeClip(seed=1)
-    toy_index(archive, retrained, out)
-    index = open_index(out, "fake", archive, retrained.weights_sha256())
+    index = toy_index(archive, retrained, out)
+    assert index.manifest["weights_sha256"] == retrained.weights_sha256()
     want = encode_archive_images(FakeClip(seed=1), [archive.load(i) for i in range(11)])
     np.testing.assert_allclose(np.asarray(index.embeddings, np.float32), want, atol=2e-3)
     assert (tmp_path / "keep.txt").is_file()

@@ -13,7 +13,14 @@ from typing import Any
 from carbench.models.presets import get_preset
 from carbench.models.recurrent import PostProcess
 from carbench.reco.archive import open_archive
-from carbench.reco.index import StaleIndexError, build_index, default_index_dir, open_index, remove_index
+from carbench.reco.index import (
+    EmbeddingIndex,
+    StaleIndexError,
+    build_index,
+    default_index_dir,
+    open_index,
+    remove_index,
+)
 from carbench.reco.references import ReferenceStore
 from carbench.reco.segmenter import ReCo
 
@@ -83,18 +90,19 @@ def resolve_auto(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def toy_index(archive, retrieval, index_dir: Path) -> None:
-    """Build carbench's own synthetic archive's index on first use, and again once it is stale
+def toy_index(archive, retrieval, index_dir: Path) -> EmbeddingIndex:
+    """The index of carbench's own synthetic archive, built on first use and again once it is stale
     (another retrieval CLIP, retrained toy weights, another archive size): carbench wrote that
     index, so it may replace it; an index of a user's archive is only ever refused (`open_index`)."""
+    want = (index_dir, retrieval.preset.name, archive, retrieval.weights_sha256())
     try:
-        open_index(index_dir, retrieval.preset.name, archive, retrieval.weights_sha256())
-        return
+        return open_index(*want)
     except StaleIndexError:
         remove_index(index_dir)
     except (FileNotFoundError, RuntimeError):
         pass  # missing, or an interrupted build: build_index resumes it
     build_index(archive, retrieval, index_dir, progress=False)
+    return open_index(*want)
 
 
 def build_reco(cfg: dict[str, Any], postprocess: PostProcess | None, pool) -> ReCo:
@@ -110,8 +118,9 @@ def build_reco(cfg: dict[str, Any], postprocess: PostProcess | None, pool) -> Re
     index_dir = Path(cfg["index"]) if cfg.get("index") else default_index_dir(archive.spec, preset)
     retrieval = pool.get(preset, cfg.get("retrieval_clip_pretrained"))
     if archive.spec.startswith("toy"):
-        toy_index(archive, retrieval, index_dir)
-    index = open_index(index_dir, preset, archive, retrieval.weights_sha256())
+        index = toy_index(archive, retrieval, index_dir)
+    else:
+        index = open_index(index_dir, preset, archive, retrieval.weights_sha256())
     text_clip = None
     if cfg.get("text_attention", True) or cfg.get("dense_clip_inference", True):
         name = cfg["text_clip"]
