@@ -127,6 +127,16 @@ def test_the_toy_index_is_rebuilt_when_its_weights_change_and_only_then(tmp_path
     assert (tmp_path / "keep.txt").is_file()
 
 
+def test_a_toy_index_interrupted_under_other_weights_is_built_again(tmp_path):
+    archive = open_archive(_folder(tmp_path))
+    out = tmp_path / "idx"
+    assert build_index(archive, FakeClip(), out, chunk=3, progress=False, stop_after_chunks=1) is None
+    retrained = FakeClip(seed=1)
+    index = toy_index(archive, retrained, out)
+    want = encode_archive_images(FakeClip(seed=1), [archive.load(i) for i in range(11)])
+    np.testing.assert_allclose(np.asarray(index.embeddings, np.float32), want, atol=2e-3)
+
+
 def test_the_weights_digest_follows_the_content_not_the_object():
     a, b = load_clip("toy"), load_clip("toy")
     assert a.weights_sha256() == b.weights_sha256()

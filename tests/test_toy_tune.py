@@ -35,7 +35,9 @@ def test_lambda_is_chosen_first_by_the_oracle_then_theta_eta_and_prompts_by_car(
 
 def test_lam_by_car_scores_lambda_after_theta_and_eta(monkeypatch):
     calls = _fake(monkeypatch)
-    tune.main(["--lam", "0.3", "0.6", "--theta", "0.3", "--eta", "0.4", "--lam-by", "car", "--prompts", "blur"])
+    tune.main(["--lam", "0.35", "0.45", "--theta", "0.3", "0.6", "--eta", "0.3", "0.4", "--lam-by", "car",
+               "--prompts", "blur"])
     assert not [s for what, s in calls if what == "oracle"]
     lams = [s["clipes_threshold"] for what, s in calls if what == "car"]
-    assert 0.3 in lams and 0.6 in lams
+    assert 0.35 in lams and 0.45 in lams  # grid values no config uses: they only appear in the λ step
+    assert min(lams.index(0.35), lams.index(0.45)) == 4  # after the 2 × 2 θ × η grid

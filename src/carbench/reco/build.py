@@ -93,14 +93,16 @@ def resolve_auto(cfg: dict[str, Any]) -> dict[str, Any]:
 def toy_index(archive, retrieval, index_dir: Path) -> EmbeddingIndex:
     """The index of carbench's own synthetic archive, built on first use and again once it is stale
     (another retrieval CLIP, retrained toy weights, another archive size): carbench wrote that
-    index, so it may replace it; an index of a user's archive is only ever refused (`open_index`)."""
+    index, so it may replace it; an index of a user's archive is only ever refused (`open_index`).
+    An interrupted build is started over rather than resumed: it may be of other weights, and the
+    toy archive is quick to encode."""
     want = (index_dir, retrieval.preset.name, archive, retrieval.weights_sha256())
     try:
         return open_index(*want)
-    except StaleIndexError:
+    except FileNotFoundError:
+        pass
+    except (StaleIndexError, RuntimeError):  # stale, or an unfinished build
         remove_index(index_dir)
-    except (FileNotFoundError, RuntimeError):
-        pass  # missing, or an interrupted build: build_index resumes it
     build_index(archive, retrieval, index_dir, progress=False)
     return open_index(*want)
 
