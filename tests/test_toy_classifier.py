@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from recipe_helpers import export_sha256
 
 from carbench.models.backbones.registry import load_clip
 from carbench.toy import train_classifier as tc
-from carbench.toy.model import TOY_WEIGHTS, ToyWeightsError, load_toy_clip, sha256_of
+from carbench.toy.model import TOY_WEIGHTS, ToyWeightsError, load_toy_clip
+from carbench.toy.runs import toy_config
 from carbench.toy.scenes import CLASS_NAMES
 
 
@@ -80,9 +82,7 @@ TINY = ["--init", str(TOY_WEIGHTS), "--scenes", "2", "--steps", "3", "--batch", 
 
 
 def _run(tmp: Path, name: str, *extra: str) -> str:
-    out = tmp / name
-    assert tc.main([*TINY, "--out", str(out), "--weights", str(out / "w.safetensors"), *extra]) == 0
-    return sha256_of(out / "w.safetensors")
+    return export_sha256(tc.main, TINY, tmp, name, *extra)
 
 
 def test_two_runs_export_the_same_file_resume_matches_and_training_moves_the_weights(tmp_path):
@@ -106,3 +106,13 @@ def test_export_without_a_checkpoint_fails_and_a_missing_file_names_the_fix(tmp_
     assert "make toy-model" in capsys.readouterr().err
     with pytest.raises(ToyWeightsError, match="make toy-model"):
         load_clip("toy_classifier", pretrained=str(tmp_path / "missing.safetensors"))
+
+
+def test_proposal_file_is_named_by_what_shapes_the_proposals_not_by_theta():
+    """A re-tuned θ (or template list) reuses stage 3's proposals; a re-tuned η, λ or prompt list does not."""
+    base = tc.proposal_setting(toy_config([]).model)
+    for same in ("model.confidence_threshold=0.3", "model.max_steps=1", "model.templates=['a {}.']"):
+        assert tc.proposal_setting(toy_config([same]).model) == base, same
+    for other in ("model.mask_threshold=0.3", "model.clipes_threshold=0.4", "model.visual_prompts=[blur]",
+                  "model.affinity_blocks=2"):
+        assert tc.proposal_setting(toy_config([other]).model) != base, other

@@ -10,18 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from recipe_helpers import export_sha256
 
 from carbench.toy import train
-from carbench.toy.model import TOY_WEIGHTS, sha256_of
+from carbench.toy.model import TOY_WEIGHTS
 
 TINY = ["--stage", "2", "--init", str(TOY_WEIGHTS), "--steps", "2", "--warmup", "1", "--scenes", "4",
         "--prompts", "2", "--cam-replicas", "3", "--workers", "0", "--eval-every", "0", "--threads", "1"]
 
 
 def _run(tmp: Path, name: str, *extra: str) -> str:
-    out = tmp / name
-    assert train.main([*TINY, "--out", str(out), "--weights", str(out / "w.safetensors"), *extra]) == 0
-    return sha256_of(out / "w.safetensors")
+    return export_sha256(train.main, TINY, tmp, name, *extra)
 
 
 def test_two_runs_export_the_same_sha256_and_resume_matches(tmp_path):

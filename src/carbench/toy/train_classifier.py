@@ -37,8 +37,8 @@ Deterministic on CPU at a fixed `--threads` (default 2): the proposals, the samp
 export are functions of the arguments, and the export is byte-reproducible (see
 `save_toy_weights`). Resumable: `--resume` continues from `--out`/ckpt.pt (the proposal set is
 rebuilt from its seeds, or read back from the `--out`/proposals-*.pt file named after the proposer's
-sha256, the seed, the scene count, the colour mode and a hash of the whole toy model config, so a
-re-tuned η, λ or prompt list builds new proposals).
+sha256, the seed, the scene count, the colour mode and a hash of the model settings that shape the
+proposals, so a re-tuned η, λ or prompt list builds new proposals and a re-tuned θ does not).
 """
 
 from __future__ import annotations
@@ -147,6 +147,18 @@ def classifier_loss(emb: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, 
     return -(target * logp.masked_fill(~alive, 0.0)).sum(-1).mean()
 
 
+#: Model keys that act only after the prompted proposals exist (the filter, the loop, the scorer's
+#: texts, the engine), so a change to them leaves stage 3's data as it was.
+AFTER_PROPOSALS = ("confidence_threshold", "max_steps", "oracle_queries", "batch_images", "postprocess_workers",
+                   "templates", "double_softmax")
+
+
+def proposal_setting(model_cfg) -> str:
+    """A short hash of the model config minus `AFTER_PROPOSALS`: names the proposal file it built."""
+    kept = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k not in AFTER_PROPOSALS])
+    return hashlib.sha256(OmegaConf.to_yaml(kept).encode()).hexdigest()[:12]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m carbench.toy.train_classifier", description=__doc__.split("\n")[0])
     p.add_argument("--init", type=Path, default=TOY_WEIGHTS, help="stage-2 weights to start from (the proposer's)")
@@ -230,9 +242,10 @@ def main(argv=None) -> int:
         return 0
 
     seg, model_cfg = _segmenter(args.init)
-    # keyed by everything the proposals depend on (the proposer's weights and every model setting:
-    # η, λ, prompts, CAM…), so a retrained proposer or a re-tuned config never reuses stale ones
-    setting = hashlib.sha256(OmegaConf.to_yaml(model_cfg).encode()).hexdigest()[:12]
+    # keyed by everything the proposals depend on (the proposer's weights and the model settings up
+    # to the prompting: η, λ, prompts, CAM…), so a retrained proposer or a re-tuned η never reuses
+    # stale ones, while a re-tuned θ reuses them
+    setting = proposal_setting(model_cfg)
     data_path = args.out / (f"proposals-{sha256_of(args.init)[:12]}-seed{args.seed}-n{args.scenes}-size{args.size}"
                             f"-min{args.min_object}-{args.colors}-cfg{setting}.pt")
     if data_path.is_file():
