@@ -106,10 +106,10 @@ def test_evaluate_ade150_command_line(tmp_path, ade150) -> None:
     root, _ = ade150
     proc = subprocess.run(
         [sys.executable, str(ROOT / "evaluate.py"), f"hydra.run.dir={tmp_path / 'run'}", "dataset=ade150",
-         f"dataset.root={root}", "limit=2", *TINY], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+         f"dataset.root={root}", "limit=1", *TINY], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert res["num_images"] == {"expected": 2, "evaluated": 2, "failed": 0, "split_size": 2}
+    assert res["num_images"] == {"expected": 1, "evaluated": 1, "failed": 0, "split_size": 2}
     assert res["dataset"] == {"name": "ade150", "split": "validation", "num_classes": 150}
     assert len(res["per_class_iou"]) == 150 and len(res["queries"]) == 150
     model = res["config"]["model"]
