@@ -930,8 +930,9 @@ def _inventory() -> str:
         "- images are read as stored, never EXIF-rotated (as the official code and mmseg do); a label drawn on "
         "the rotated view is refused naming the EXIF orientation "
         "(`tests/test_reliability.py::test_label_of_the_exif_rotated_view_names_exif_orientation`);\n"
-        "- Ctrl-C / SIGTERM stop a run with `N of M images kept in DIR; rerun with resume=true` and exit "
-        "128+signal; runs killed at random points resume to the uninterrupted metrics "
+        "- Ctrl-C / SIGTERM stop a run once the image in progress is kept (a second signal stops at once), with "
+        "`N of M images kept in DIR; rerun with resume=true` and exit 128+signal "
+        "(`tests/test_referring_e2e.py::test_a_signal_inside_the_model_keeps_that_sample_and_stops_before_the_next`); runs killed at random points resume to the uninterrupted metrics "
         "(`tests/test_kill_resume.py`).\n\n"
         f"## Summary ({len(CASES)} inputs)\n\n| bad input | exception | test | also |\n|---|---|---|---|\n"
     )

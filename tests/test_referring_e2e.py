@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from carbench.data.fixtures_more import write_refer_fixture
 from carbench.engine import loop as engine
 from carbench.engine.evaluate import run_evaluation
+from carbench.engine.interrupts import RunInterrupted
 from carbench.models.referring import ReferringCaR
 from carbench.types import BACKGROUND, Prediction
 
@@ -30,15 +32,20 @@ ORACLE = {"the man on the left": (2, 2, 12, 10),  # = GT: I 80, U 80, IoU 1
 
 
 class Oracle:
-    """Predicts a fixed rectangle per expression; optionally fails or interrupts on chosen ones."""
+    """Predicts a fixed rectangle per expression; optionally fails or interrupts on chosen ones, or sends
+    this process signals (`signal_on`: {call number: [signal, ...]}) in the middle of a call."""
 
-    def __init__(self, fail_on: str | None = None, interrupt_after: int | None = None) -> None:
+    def __init__(self, fail_on: str | None = None, interrupt_after: int | None = None,
+                 signal_on: dict[int, list[int]] | None = None) -> None:
         self.fail_on, self.interrupt_after, self.calls = fail_on, interrupt_after, 0
+        self.signal_on = signal_on or {}
 
     def segment(self, image: np.ndarray, queries: list[str]) -> Prediction:
         self.calls += 1
         if self.interrupt_after is not None and self.calls > self.interrupt_after:
             raise KeyboardInterrupt("simulated Ctrl-C")
+        for sig in self.signal_on.get(self.calls, []):
+            os.kill(os.getpid(), sig)  # the handler runs at the next bytecode
         if queries[0] == self.fail_on:
             raise ValueError("simulated model failure")
         x0, y0, x1, y1 = ORACLE[queries[0]]
@@ -99,6 +106,36 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, refer, monkeypat
     use(monkeypatch, second)
     resumed = run_evaluation(make_cfg(refer), tmp_path / "cut")
     assert second.calls == 2 and resumed["metrics"] == full["metrics"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_inside_the_model_keeps_that_sample_and_stops_before_the_next(tmp_path, refer, monkeypatch, capfd,
+                                                                              sig) -> None:
+    use(monkeypatch, Oracle())
+    full = run_evaluation(make_cfg(refer), tmp_path / "full")
+    cut = tmp_path / "cut"
+    use(monkeypatch, Oracle(signal_on={2: [sig]}))
+    with pytest.raises(RunInterrupted) as info:
+        run_evaluation(make_cfg(refer), cut)
+    # the sample being segmented when the signal came is finished and recorded; the third is not started
+    assert info.value.message == f"2 of 3 images kept in {cut}; rerun with resume=true"
+    assert info.value.exit_code == 128 + sig
+    name, again = ("Ctrl-C", "press Ctrl-C again") if sig == signal.SIGINT else ("SIGTERM", "send it again")
+    assert f"{name}: stopping once the current sample is kept; {again} to stop at once" in capfd.readouterr().err
+    assert len((cut / "progress.jsonl").read_text().splitlines()) == 3  # header + two samples
+    rest = Oracle()
+    use(monkeypatch, rest)
+    assert run_evaluation(make_cfg(refer), cut)["metrics"] == full["metrics"] and rest.calls == 1
+
+
+def test_a_second_signal_inside_the_model_stops_at_once(tmp_path, refer, monkeypatch) -> None:
+    cut = tmp_path / "cut"
+    use(monkeypatch, Oracle(signal_on={2: [signal.SIGINT, signal.SIGINT]}))
+    with pytest.raises(RunInterrupted) as info:
+        run_evaluation(make_cfg(refer), cut)
+    # the second Ctrl-C raised inside call 2: sample 1 (pipelined behind it) is kept, sample 2 is not
+    assert info.value.message == f"1 of 3 images kept in {cut}; rerun with resume=true"
+    assert len((cut / "progress.jsonl").read_text().splitlines()) == 2
 
 
 def test_on_error_skip_counts_the_failure_and_excludes_it(tmp_path, refer, monkeypatch) -> None:

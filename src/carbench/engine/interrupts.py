@@ -2,10 +2,18 @@
 
 `RunInterrupted` is a KeyboardInterrupt (so nothing between the loop and the entry point swallows
 it) carrying the one-line message the entry point prints before exiting with 128 + the signal.
+
+Inside the item loop (`stop_between_items`) the first signal does not raise where it lands: it is
+recorded, a line says the run stops once the current item is kept, and the loop stops at its next
+item boundary. An exception raised at an arbitrary bytecode can land between a lock's acquire and
+the `with` block that would release it (a DataLoader's multiprocessing queue, for one), and the
+run then hangs in its own clean-up instead of exiting; stopping between items never does. A second
+signal still raises at once, for a user who will not wait for the current item.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -14,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 _received: list[int] = []  # signals seen inside the block, in case their exception was swallowed
+_between_items: list[str] = []  # the loop's item noun while `stop_between_items` is active
 
 
 class Terminated(KeyboardInterrupt):
@@ -34,7 +43,18 @@ def _exception(signum: int) -> KeyboardInterrupt:
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
     _received.append(signum)
+    if _between_items and len(_received) == 1:
+        noun = _between_items[-1]
+        name, again = ("Ctrl-C", "press Ctrl-C again") if signum == signal.SIGINT else ("SIGTERM", "send it again")
+        # os.write, not print: the handler may run while the main thread is inside a write to stderr
+        os.write(2, f"\n{name}: stopping once the current {noun} is kept; {again} to stop at once\n".encode())
+        return
     raise _exception(signum)
+
+
+def stop_requested() -> bool:
+    """True once a signal has arrived: the loop should keep what it has and stop."""
+    return bool(_received)
 
 
 def raise_if_received() -> None:
@@ -60,6 +80,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _received.clear()
+
+
+@contextmanager
+def stop_between_items(noun: str) -> Iterator[None]:
+    """Inside the block the first Ctrl-C / SIGTERM is only recorded (and announced); the loop polls
+    `stop_requested` between items and `raise_if_received` raises it once the loop has returned. A
+    second signal raises where it lands, as outside the block."""
+    _between_items.append(noun)
+    try:
+        yield
+    finally:
+        _between_items.pop()
 
 
 def interrupted(err: KeyboardInterrupt, kept: int | None, total: int | None, run_dir: Path | None) -> RunInterrupted:

@@ -37,7 +37,7 @@ from carbench.data import build_dataset
 from carbench.engine import distributed as dist_util
 from carbench.engine.disk import disk_error, is_disk_error
 from carbench.engine.evaluators import Evaluator, Outputs, build_evaluator
-from carbench.engine.interrupts import interrupted, raise_if_received
+from carbench.engine.interrupts import interrupted, raise_if_received, stop_between_items, stop_requested
 from carbench.engine.loggers import build_logger, overlay_count
 from carbench.engine.oom import explain_out_of_memory
 from carbench.engine.oracle import empty_prediction, lift_prediction, oracle_indices, oracle_sample
@@ -186,11 +186,16 @@ class ItemLoop:
     def run(self, loader: Any, ids: list[str], bar: Any) -> None:
         """Item i is finished (post-processing collected, scored, recorded) after item i+1's model work
         has started (with batching: after the next group's), which overlaps a worker's CRF with the
-        model; an error is attributed to its item."""
+        model; an error is attributed to its item.
+
+        A signal (`stop_between_items`) ends the loop at the next item boundary, after the started
+        items are finished and recorded; the caller raises it."""
         pending: list[Pending] = []
         group: list[Loaded] = []
         for item in loader:
-            raise_if_received()
+            if stop_requested():
+                group = []  # loaded, not started: evaluated on resume
+                break
             group.append(item)
             if len(group) == self.batch:
                 pending = self.advance(group, pending, ids, bar)
@@ -300,15 +305,18 @@ def run_task(cfg: DictConfig, out_dir: Path, plain_cfg: Any, on_error: str, devi
     logger = build_logger(cfg) if ctx.is_main else build_logger(None)
     logger.start(plain_cfg, run_dir)
 
-    loader = make_loader(cfg, dataset, mine)
     t_start = time.perf_counter()
-    bar = tqdm(total=n if not ctx.enabled else len(mine), initial=n - len(todo) if not ctx.enabled else 0,
-               desc=evaluator.describe() + (f" [rank {ctx.rank}]" if ctx.enabled else ""),
-               unit={"image": "img", "expression": "expr"}.get(evaluator.unit, evaluator.unit),
-               dynamic_ncols=True, disable=ctx.enabled and not ctx.is_main)
-    items = ItemLoop(segmenter, evaluator, progress, run_dir, on_error, noun, oracle, batch)
-    run_guarded(lambda: items.run(loader, ids, bar), logger, run_dir, progress, ctx, n)
-    bar.close()
+    with stop_between_items(noun):  # a signal stops the loop between items, never inside a lock (interrupts.py)
+        loader = make_loader(cfg, dataset, mine)
+        bar = tqdm(total=n if not ctx.enabled else len(mine), initial=n - len(todo) if not ctx.enabled else 0,
+                   desc=evaluator.describe() + (f" [rank {ctx.rank}]" if ctx.enabled else ""),
+                   unit={"image": "img", "expression": "expr"}.get(evaluator.unit, evaluator.unit),
+                   dynamic_ncols=True, disable=ctx.enabled and not ctx.is_main)
+        items = ItemLoop(segmenter, evaluator, progress, run_dir, on_error, noun, oracle, batch)
+        try:
+            run_guarded(lambda: items.run(loader, ids, bar), logger, run_dir, progress, ctx, n)
+        finally:
+            bar.close()
     wall = time.perf_counter() - t_start
     results = assemble_results(evaluator, gather_records(run_dir, cfg_hash, n, ctx), len(dataset), len(todo),
                                wall, device, ctx, plain_cfg, cfg_hash)
