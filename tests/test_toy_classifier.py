@@ -101,6 +101,15 @@ def test_two_runs_export_the_same_file_resume_matches_and_training_moves_the_wei
     assert backbone.preset.name == "toy_classifier"
 
 
+def test_train_text_trains_the_text_tower_too(tmp_path):
+    init = load_toy_clip(TOY_WEIGHTS)[0].state_dict()
+    _run(tmp_path, "t", "--train-text")
+    trained = load_toy_clip(tmp_path / "t" / "w.safetensors")[0].state_dict()
+    moved = {k for k in init if not torch.equal(init[k], trained[k])}
+    assert any(k.startswith("visual.") for k in moved)
+    assert {k for k in moved if k.startswith(("transformer.", "token_embedding", "text_projection"))}, sorted(moved)
+
+
 def test_export_without_a_checkpoint_fails_and_a_missing_file_names_the_fix(tmp_path, capsys):
     assert tc.main(["--export", "--out", str(tmp_path / "none"), "--weights", str(tmp_path / "w.safetensors")]) == 1
     assert "make toy-model" in capsys.readouterr().err
