@@ -85,6 +85,13 @@ def _run(tmp: Path, name: str, *extra: str) -> str:
     return export_sha256(tc.main, TINY, tmp, name, *extra)
 
 
+def _moved(weights: Path) -> set[str]:
+    """The state-dict keys whose tensors differ between the stage-2 init and `weights`."""
+    init = load_toy_clip(TOY_WEIGHTS)[0].state_dict()
+    trained = load_toy_clip(weights)[0].state_dict()
+    return {k for k in init if not torch.equal(init[k], trained[k])}
+
+
 def test_two_runs_export_the_same_file_resume_matches_and_training_moves_the_weights(tmp_path):
     first = _run(tmp_path, "a")
     assert _run(tmp_path, "b") == first
@@ -93,19 +100,15 @@ def test_two_runs_export_the_same_file_resume_matches_and_training_moves_the_wei
     assert _run(tmp_path, "d", "--lr", "1e-3") != first
     # only the image tower (and the logit scale) train: the text tower stays the proposer's, bit for bit
     # (the sha256 alone cannot show this: the export's metadata differs from the init's anyway)
-    init = load_toy_clip(TOY_WEIGHTS)[0].state_dict()
-    trained = load_toy_clip(tmp_path / "a" / "w.safetensors")[0].state_dict()
-    moved = {k for k in init if not torch.equal(init[k], trained[k])}
+    moved = _moved(tmp_path / "a" / "w.safetensors")
     assert moved and all(k.startswith("visual.") or k == "logit_scale" for k in moved), sorted(moved)[:5]
     backbone = load_clip("toy_classifier", pretrained=str(tmp_path / "a" / "w.safetensors"))
     assert backbone.preset.name == "toy_classifier"
 
 
 def test_train_text_trains_the_text_tower_too(tmp_path):
-    init = load_toy_clip(TOY_WEIGHTS)[0].state_dict()
     _run(tmp_path, "t", "--train-text")
-    trained = load_toy_clip(tmp_path / "t" / "w.safetensors")[0].state_dict()
-    moved = {k for k in init if not torch.equal(init[k], trained[k])}
+    moved = _moved(tmp_path / "t" / "w.safetensors")
     assert any(k.startswith("visual.") for k in moved)
     assert {k for k in moved if k.startswith(("transformer.", "token_embedding", "text_projection"))}, sorted(moved)
 

@@ -58,9 +58,10 @@ def stop_requested() -> bool:
 
 
 def raise_if_received() -> None:
-    """Raise for a signal whose exception was lost (raised inside a finaliser, where Python only prints it).
+    """Raise for a signal that arrived but was not raised: one recorded by `stop_between_items`, or one
+    whose exception was lost (raised inside a finaliser, where Python only prints it).
 
-    The loops call this between items, so a Ctrl-C or SIGTERM always stops the run."""
+    Called once the item loop has returned, so a Ctrl-C or SIGTERM always stops the run."""
     if _received:
         raise _exception(_received[-1])
 

@@ -222,9 +222,8 @@ def main(argv=None) -> int:
     model.load_state_dict(load_toy_clip(args.init)[0].state_dict())
     for p in model.parameters():
         p.requires_grad_(False)
-    trained = [p for p in model.visual.parameters()] + [model.logit_scale]
-    if args.train_text:  # the classifier's own text tower, as the paper's second CLIP has its own
-        trained = [p for p in model.parameters()]
+    # --train-text: the classifier's own text tower trains too, as the paper's second CLIP has its own
+    trained = list(model.parameters()) if args.train_text else [*model.visual.parameters(), model.logit_scale]
     for p in trained:
         p.requires_grad_(True)
     opt = torch.optim.AdamW([{"params": [p for p in trained if p.ndim >= 2], "weight_decay": args.wd},
@@ -267,8 +266,9 @@ def main(argv=None) -> int:
         return torch.stack([encode_texts(model, tokenizer, [t.format(c) for c in CLASS_NAMES])
                             for t in seg.classifier.templates])
 
-    with torch.no_grad():
-        text = class_texts()  # frozen unless --train-text
+    if not args.train_text:
+        with torch.no_grad():
+            frozen_text = class_texts()
     ref = seg.classifier.backbone  # the same code path, wrapped around the weights being trained
     backbone = ClipBackbone(model, tokenizer, ref.preset, mean=TOY_MEAN, std=TOY_STD, device=torch.device("cpu"))
     skip = seg.classifier.skip_last_block
@@ -283,8 +283,7 @@ def main(argv=None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         emb = backbone.image_embeddings(data["images"][idx].float(), skip)
-        if args.train_text:
-            text = class_texts()
+        text = class_texts() if args.train_text else frozen_text
         loss = classifier_loss(emb, text, model.logit_scale.exp().clamp(max=100), data["alive"][idx],
                                data["target"][idx])
         opt.zero_grad(set_to_none=True)
