@@ -297,6 +297,18 @@ def _(ctx):
     build_dataset({"name": "toy", "root": str(ctx.tmp / "toy"), "colors": "rainbow"})
 
 
+@case("toy_count_not_whole", "dataset=toy with dataset.n=2.5 (would run int(2.5) = 2 scenes)", ValueError,
+      [r"dataset\.n must be an integer ≥ 1, got 2\.5 \(float\)"], [r"set e\.g\. dataset\.n=100"])
+def _(ctx):
+    build_dataset({"name": "toy", "root": str(ctx.tmp / "toy-n"), "n": 2.5})
+
+
+@case("toy_seed_negative", "dataset=toy with dataset.seed=-3 (no random stream)", ValueError,
+      [r"dataset\.seed must be an integer ≥ 0, got -3"], [r"set e\.g\. dataset\.seed=1"])
+def _(ctx):
+    build_dataset({"name": "toy", "root": str(ctx.tmp / "toy-seed"), "seed": -3})
+
+
 # ---------------------------------------------------------------------------------------------- queries
 
 

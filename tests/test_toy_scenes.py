@@ -199,3 +199,13 @@ def test_toy_dataset_keeps_each_colour_mode_in_its_own_folder(tmp_path):
     b = toy_dataset(tmp_path / "toy", n=2, size=32, colors="by_class")
     assert (tmp_path / "toy" / "seed0-32px").is_dir() and (tmp_path / "toy" / "seed0-32px-by_class").is_dir()
     assert not np.array_equal(a[0].image, b[0].image) or not np.array_equal(a[1].image, b[1].image)
+
+
+@pytest.mark.parametrize("key,value", [("n", 0), ("n", 2.5), ("n", "3"), ("n", True), ("seed", -1), ("seed", 1.7),
+                                       ("size", 8), ("size", "96")])
+def test_a_bad_count_seed_or_size_names_its_key_and_writes_nothing(tmp_path, key, value):
+    from carbench.data.toy import toy_dataset
+
+    with pytest.raises(ValueError, match=rf"dataset\.{key} must be an integer ≥ \d+, got {re.escape(repr(value))}"):
+        toy_dataset(tmp_path / "toy", **{"n": 2, "size": 32, key: value})
+    assert not (tmp_path / "toy").exists()

@@ -26,6 +26,23 @@ class ToySegmentation(VOCSegmentation):
     CLASSES = TOY_CLASSES
 
 
+#: (minimum, example) of the toy dataset's whole-number keys; below the minimum the generator cannot run
+#: (a negative seed has no random stream, a scene under 16 px has no room for a shape)
+WHOLE_KEYS: dict[str, tuple[int, int]] = {"n": (1, 100), "seed": (0, 1), "size": (16, 96)}
+
+
+def check_whole_numbers(**values: object) -> None:
+    """Raise ValueError naming `dataset.<key>` when one of n / seed / size is not a whole number ≥ its minimum.
+
+    Checked before any folder is made, so a bad value writes nothing; a float such as n=2.5 would
+    otherwise run silently as int(2.5) = 2 scenes."""
+    for key, value in values.items():
+        minimum, example = WHOLE_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"dataset.{key} must be an integer ≥ {minimum}, got {value!r} "
+                             f"({type(value).__name__}); set e.g. dataset.{key}={example}")
+
+
 def world_folder(root: Path, seed: int, size: int, colors: str = "any") -> Path:
     """Where the scenes of one (seed, size, colour mode) world live under the toy root."""
     return root / (f"seed{seed}-{size}px" + ("" if colors == "any" else f"-{colors}"))
@@ -46,10 +63,11 @@ def toy_dataset(
     if split not in SPLIT_OFFSETS:
         raise ValueError(f"unknown toy split {split!r}; valid: {', '.join(SPLIT_OFFSETS)}")
     check_color_mode(colors)
+    check_whole_numbers(n=n, seed=seed, size=size)
     root = claim_generated_root(Path(root).expanduser(), "toy")  # never write into someone else's folder
-    root = claim_generated_root(world_folder(root, int(seed), int(size), colors), "toy")
+    root = claim_generated_root(world_folder(root, seed, size, colors), "toy")
     try:
-        write_toy_split(root, split, int(n), int(seed), int(size), colors)
+        write_toy_split(root, split, n, seed, size, colors)
     except OSError as err:
         if isinstance(err, PermissionError) or err.errno == errno.EROFS:
             raise read_only_error(root, "toy", err) from err
