@@ -428,6 +428,22 @@ def _(ctx):
     _car(amp="fp8")
 
 
+@case("background_queries_as_a_string", "model.background_queries=sky (a string, not a list)", ValueError,
+      [r"model\.background_queries must be a list of strings, got the string 'sky'"], [r"wrap it: \['sky'\]"],
+      note="before: CaR ran with the background words 's', 'k', 'y'")
+def _(ctx):
+    _car(background_queries="sky")
+
+
+@case("affinity_blocks_zero", "model.affinity_blocks = 0", ValueError,
+      [r"model\.affinity_blocks must be an integer ≥ 1", r"got 0"], [r"CLIP-ES uses 8"],
+      note="before: ran as if it were 1")
+def _(ctx):
+    from carbench.models.proposals.clip_es import ClipESProposer
+
+    ClipESProposer(ctx.backbone(), affinity_blocks=0)
+
+
 @case("unknown_cam", "model.cam not clip_es/gradcam", ValueError,
       [r"unknown model\.cam 'gradcam\+\+'"], [r"valid: clip_es, gradcam"])
 def _(ctx):
@@ -679,6 +695,15 @@ def _(ctx):
       [r"seed must be an integer ≥ 0, got 1\.7 \(float\)"], [r"set e\.g\. seed=1"])
 def _(ctx):
     check_int_values({"seed": 1.7, "num_workers": 0, "threads": None})
+
+
+@case("switch_not_a_bool", "resume=maybe (a string, which reads as true)", ValueError,
+      [r"resume is a switch and must be true or false, got 'maybe' \(str\)"], [r"set resume=true or resume=false"],
+      existing="tests/test_reliability.py::test_a_switch_set_to_anything_but_true_or_false_stops_the_run_before_any_work")
+def _(ctx):
+    from carbench.engine.config_check import check_bool_values
+
+    check_bool_values({"resume": "maybe"})
 
 
 @case("background_query_is_a_class", "a background query equal to a class query", ValueError,

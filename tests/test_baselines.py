@@ -64,6 +64,15 @@ def test_dense_clip_prediction_contract(tiny_backbone, scene):
         DenseClip(tiny_backbone, background_queries=["cat"]).segment(scene, ["cat"])
 
 
+def test_dense_clip_reads_a_bare_string_as_one_template_and_refuses_one_as_background(tiny_backbone, scene):
+    assert DenseClip(tiny_backbone, templates="a photo of a {}.").templates == ["a photo of a {}."]
+    assert DenseClip(tiny_backbone, templates=()).templates == ["{}"]  # no template: the query itself
+    with pytest.raises(ValueError, match=r"model\.background_queries must be a list of strings, got the string 'sky'"):
+        DenseClip(tiny_backbone, background_queries="sky")
+    with pytest.raises(ValueError, match=r"background queries must be a list of strings, got the string 'sky'"):
+        DenseClip(tiny_backbone).segment(scene, ["cat"], background="sky")
+
+
 def test_dense_clip_with_crf_repaints_exclusive_masks(scene):
     model = build_segmenter({"name": "dense_clip", "backbone": "tiny_random"}, {"name": "crf", "iterations": 2})
     pred = model.segment(scene, ["cat", "dog", "car"])

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from carbench import runs
 from carbench.data.fixtures import write_voc_fixture
 from carbench.engine import evaluate as engine
 from carbench.engine import run_lock
-from carbench.engine.config_check import ConfigKeyError, check_int_values, check_keys
+from carbench.engine.config_check import ConfigKeyError, check_bool_values, check_int_values, check_keys
 from carbench.engine.progress import PROGRESS_FILE, Progress, ResumeError, check_record_ids
 from carbench.engine.results import write_json_atomic
 from carbench.engine.run_identity import header
@@ -221,7 +222,10 @@ def test_unknown_keys_are_refused_naming_the_nearest_valid_one(override, key, ne
     ["protocol=sclip"], ["postprocess=sam"], ["logger=wandb"], ["+bg_queries=TA"],
 ])
 def test_every_shipped_config_combination_passes_the_key_check(overrides):
-    check_keys(OmegaConf.to_container(compose_cfg(*overrides), resolve=True))
+    cfg = OmegaConf.to_container(compose_cfg(*overrides), resolve=True)
+    check_keys(cfg)
+    check_int_values(cfg)
+    check_bool_values(cfg)  # no shipped file sets a switch to anything but true / false
 
 
 def test_a_typo_stops_the_run_before_any_work(tmp_path, voc_root):
@@ -230,12 +234,22 @@ def test_a_typo_stops_the_run_before_any_work(tmp_path, voc_root):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("key,value", [("seed", 1.7), ("num_workers", "2"), ("threads", 0.5), ("seed", True)])
+@pytest.mark.parametrize("key,value", [("seed", 1.7), ("num_workers", "2"), ("threads", 0.5), ("seed", True),
+                                       ("overlays", -1), ("overlays", "abc")])
 def test_non_integer_seed_workers_threads_are_refused_naming_the_key(key, value):
-    cfg = {"seed": 0, "num_workers": 0, "threads": None, key: value}
+    cfg = {"seed": 0, "num_workers": 0, "threads": None, "overlays": 0, key: value}
     with pytest.raises(ValueError, match=rf"^{key} must be an integer .* got {value!r}"):
         check_int_values(cfg)
     check_int_values({"seed": 3, "num_workers": 0, "threads": None})
+
+
+@pytest.mark.parametrize("override,key", [("resume=maybe", "resume"), ("model.double_softmax=no", "model.double_softmax"),
+                                          ("save_predictions=1", "save_predictions"),
+                                          ("model.proposer.refine=off", "model.proposer.refine")])
+def test_a_switch_set_to_anything_but_true_or_false_stops_the_run_before_any_work(tmp_path, voc_root, override, key):
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)} is a switch and must be true or false"):
+        engine.run_evaluation(make_cfg(voc_root, override), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------- 5. background queries

@@ -46,6 +46,7 @@ class Schema:
     by_choice: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     from_elsewhere: dict[str, set[str]] = field(default_factory=dict)  # group → its paths set by other files
     by_target: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (package, _target_) → paths
+    bools: set[str] = field(default_factory=set)  # paths every file that sets them sets to true / false
 
 
 def _package(path: Path, group: str | None) -> str:
@@ -77,7 +78,7 @@ class _File:
     target: str | None = None  # its `_target_` (nested component groups)  # same-group files named in its `defaults` list (it inherits their keys)
 
 
-def _read(path: Path, group: str | None, schema: Schema) -> _File:
+def _read(path: Path, group: str | None, schema: Schema, bools: set[str], not_bools: set[str]) -> _File:
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     parents = [d for d in raw.get("defaults") or [] if isinstance(d, str) and d != "_self_"]
     data = {k: v for k, v in raw.items() if k not in HYDRA_KEYS}
@@ -87,6 +88,7 @@ def _read(path: Path, group: str | None, schema: Schema) -> _File:
         here.add(dotted)
         if _is_interpolation(value):
             schema.mirrors.add(dotted)
+        (bools if isinstance(value, bool) else not_bools).add(dotted)
     own = data if pkg else data.get(group or "")
     name = own.get("name") if isinstance(own, Mapping) and "name" in own else None
     target = own.get("_target_") if isinstance(own, Mapping) else None
@@ -97,12 +99,14 @@ def _read(path: Path, group: str | None, schema: Schema) -> _File:
 def load_schema(conf_dir: Path = CONF_DIR) -> Schema:
     """Read every config file of the tree into a Schema (cached: the tree does not change during a run)."""
     schema = Schema()
-    files: dict[tuple[str | None, str], _File] = {(None, "config"): _read(conf_dir / "config.yaml", None, schema)}
+    bools: set[str] = set()
+    not_bools: set[str] = set()
+    files = {(None, "config"): _read(conf_dir / "config.yaml", None, schema, bools, not_bools)}
     for group_dir in sorted(p for p in conf_dir.iterdir() if p.is_dir() and p.name not in NOT_GROUPS):
         for sub in sorted({f.parent for f in group_dir.rglob("*.yaml")}):
             group = sub.relative_to(conf_dir).as_posix()  # "model" or a nested group such as "model/proposer"
             for f in sorted(sub.glob("*.yaml")):
-                files[(group, f.stem)] = _read(f, group, schema)
+                files[(group, f.stem)] = _read(f, group, schema, bools, not_bools)
 
     def lineage(key: tuple[str | None, str], seen: frozenset = frozenset()) -> list[_File]:
         f = files[key]
@@ -128,6 +132,7 @@ def load_schema(conf_dir: Path = CONF_DIR) -> Schema:
             top = p.split(".", 1)[0]
             if top != group and "." in p:
                 schema.from_elsewhere.setdefault(top, set()).add(p)
+    schema.bools = bools - not_bools
     return schema
 
 
@@ -199,16 +204,31 @@ def _siblings(key: str, valid: set[str]) -> str:
 
 
 #: keys that must be whole numbers (a float such as seed=1.7 would silently run as int(1.7) = 1)
-INT_KEYS: dict[str, tuple[int, bool]] = {"seed": (0, False), "num_workers": (0, False), "threads": (1, True)}
+INT_KEYS: dict[str, tuple[int, bool]] = {"seed": (0, False), "num_workers": (0, False), "threads": (1, True),
+                                         "overlays": (0, False)}
 
 
 def check_int_values(cfg: Mapping[str, Any]) -> None:
-    """Raise ValueError naming `seed`, `num_workers` or `threads` when it is not a whole number ≥ its minimum."""
+    """Raise ValueError naming `seed`, `num_workers`, `threads` or `overlays` when it is not a whole number ≥ its
+    minimum."""
     for key, (minimum, nullable) in INT_KEYS.items():
-        value = cfg.get(key)
+        if key not in cfg:  # a config without the key is check_keys' business, not this check's
+            continue
+        value = cfg[key]
         if value is None and nullable:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             null = " or null" if nullable else ""
             raise ValueError(f"{key} must be an integer ≥ {minimum}{null}, got {value!r} "
                              f"({type(value).__name__}); set e.g. {key}={max(minimum, 1)}")
+
+
+def check_bool_values(cfg: Mapping[str, Any], schema: Schema | None = None) -> None:
+    """Raise ValueError naming the first switch (a key the config tree only ever sets to true / false) whose value
+    is not a bool: `resume=maybe` or `model.double_softmax=no` is a non-empty string, which every
+    `if cfg.…:` reads as true."""
+    schema = schema or load_schema()
+    for dotted, value in _walk({k: v for k, v in cfg.items() if k not in HYDRA_KEYS}, ""):
+        if dotted in schema.bools and not isinstance(value, bool):
+            raise ValueError(f"{dotted} is a switch and must be true or false, got {value!r} ({type(value).__name__}); "
+                             f"set {dotted}=true or {dotted}=false")

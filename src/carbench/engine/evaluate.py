@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from carbench.engine import distributed as dist_util
 from carbench.engine import run_lock
-from carbench.engine.config_check import check_int_values, check_keys
+from carbench.engine.config_check import check_bool_values, check_int_values, check_keys
 from carbench.engine.interrupts import RunInterrupted, interrupted, sigterm_as_interrupt
 from carbench.engine.log_filters import quiet_third_party_info
 from carbench.engine.loop import run_task
@@ -52,6 +52,7 @@ def run_evaluation(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
     check_keys(plain_cfg)
     check_int_values(plain_cfg)
+    check_bool_values(plain_cfg)
     on_error = str(cfg.get("on_error", "raise"))
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")

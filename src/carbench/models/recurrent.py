@@ -50,7 +50,7 @@ from carbench.models.loop_state import LoopResult, LoopState, StepRules
 from carbench.models.postprocess.crf import one_hot_channels
 from carbench.models.postprocess.pool import PostprocessPool
 from carbench.models.prompts import prompt_images, validate_prompts
-from carbench.models.queries import check_background_queries, check_query_list
+from carbench.models.queries import BACKGROUND_HINT, check_background_queries, check_query_list
 from carbench.types import Prediction
 
 PostProcess = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (image, K×H×W maps) → K×H×W masks
@@ -112,7 +112,8 @@ class CaR:
         self.prompts = validate_prompts(visual_prompts)
         self.postprocess = postprocess
         self.max_steps = max_steps
-        self.background_queries = list(background_queries)
+        self.background_queries = check_query_list(background_queries, "model.background_queries", BACKGROUND_HINT,
+                                                   allow_empty=True)  # a bare string would become its letters
         self.device = torch.device(device)
         self.prompt_kwargs = prompt_kwargs or {}
         self.reuse_unchanged_step = reuse_unchanged_step
@@ -242,7 +243,8 @@ class CaR:
         """Everything before post-processing, for a batch: checks, text warm-up and the recurrence."""
         if len(images) != len(queries):
             raise ValueError(f"{len(images)} images but {len(queries)} query lists; give one query list per image")
-        background = self.background_queries if background is None else list(background)
+        background = self.background_queries if background is None else \
+            check_query_list(background, "background queries", BACKGROUND_HINT, allow_empty=True)
         checked = []
         for image, q in zip(images, queries, strict=True):
             q = check_queries(q)

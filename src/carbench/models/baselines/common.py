@@ -20,13 +20,23 @@ from carbench.models.recurrent import PostProcess, check_queries
 from carbench.types import BACKGROUND, Prediction
 
 __all__ = [
-    "apply_postprocess", "check_background_queries", "check_image", "check_queries", "probs_to_prediction",
+    "apply_postprocess", "check_background_queries", "check_image", "check_queries", "own_texts", "probs_to_prediction",
 ]
 
 
 def check_image(image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be H×W×3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+
+
+def own_texts(background_queries: Sequence[str], templates: Sequence[str] | str) -> tuple[list[str], list[str]]:
+    """A baseline's own background words and templates, checked when it is built: a bare string is one
+    template (never its letters), the background words get the query checks, and no template means the
+    query itself ("{}")."""
+    background = queries_mod.check_query_list(background_queries, "model.background_queries",
+                                              queries_mod.BACKGROUND_HINT, allow_empty=True)
+    templates = [templates] if isinstance(templates, str) else list(templates)
+    return background, templates or ["{}"]
 
 
 def check_background_queries(queries: Sequence[str], background: Sequence[str]) -> list[str]:

@@ -35,6 +35,7 @@ from carbench.models.baselines.common import (
     check_background_queries,
     check_image,
     check_queries,
+    own_texts,
     probs_to_prediction,
 )
 from carbench.models.recurrent import PostProcess
@@ -82,8 +83,7 @@ class DenseClip:
         if not 0.0 <= prob_threshold <= 1.0:
             raise ValueError(f"prob_threshold must be in [0, 1], got {prob_threshold}")
         self.backbone = backbone
-        self.templates = list(templates) or ["{}"]
-        self.background_queries = list(background_queries)
+        self.background_queries, self.templates = own_texts(background_queries, templates)
         self.attention = attention
         self.keep_residual = keep_residual
         self.logit_scale = float(logit_scale) if logit_scale is not None else backbone.logit_scale
@@ -135,7 +135,7 @@ class DenseClip:
     ) -> Prediction:
         """Dense classification of one image (`background` / `templates`: None = this model's own)."""
         queries = check_queries(queries)
-        bg = self.background_queries if background is None else list(background)
+        bg = self.background_queries if background is None else background
         texts = queries + check_background_queries(queries, bg)
         t0 = time.perf_counter()
         probs = (self.logit_scale * self.dense_similarity(image, texts, templates)).softmax(0).cpu().numpy()

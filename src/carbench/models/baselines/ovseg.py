@@ -31,6 +31,7 @@ from carbench.models.baselines.common import (
     check_background_queries,
     check_image,
     check_queries,
+    own_texts,
     probs_to_prediction,
 )
 from carbench.models.recurrent import PostProcess
@@ -113,8 +114,7 @@ class OVSegStyle:
             )
         self.backbone = backbone
         self.masker = masker
-        self.templates = list(templates) or ["{}"]
-        self.background_queries = list(background_queries)
+        self.background_queries, self.templates = own_texts(background_queries, templates)
         self.mask_prompt = mask_prompt
         self.expand_ratio = expand_ratio
         self.logit_scale = float(logit_scale) if logit_scale is not None else backbone.logit_scale
@@ -158,7 +158,7 @@ class OVSegStyle:
         """SAM regions classified by CLIP (`background` / `templates`: None = this model's own)."""
         check_image(image)
         queries = check_queries(queries)
-        bg = self.background_queries if background is None else list(background)
+        bg = self.background_queries if background is None else background
         texts = queries + check_background_queries(queries, bg)
         t0 = time.perf_counter()
         masks = np.asarray(self.masker(image), dtype=bool)

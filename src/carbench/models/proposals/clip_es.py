@@ -308,6 +308,11 @@ class ClipESProposer:
                 f"model.proposer.query_chunk must be an int ≥ 1 (queries per batched backward; 1 = one "
                 f"forward and backward per query, the official structure), got {query_chunk!r}"
             )
+        if isinstance(affinity_blocks, bool) or not isinstance(affinity_blocks, int) or affinity_blocks < 1:
+            raise ValueError(
+                f"model.affinity_blocks must be an integer ≥ 1 (CLIP-ES averages the attention of the last N blocks; "
+                f"a value above the CLIP's depth means all of them), got {affinity_blocks!r}; CLIP-ES uses 8"
+            )
         if not isinstance(cam_template, str) or cam_template.count("{}") != 1:
             raise ValueError(f"model.proposer.cam_template needs exactly one '{{}}' slot, got {cam_template!r}")
         self.backbone = backbone
