@@ -69,6 +69,14 @@ def test_no_results_is_an_error(tmp_path, capsys):
     assert "no results.json" in capsys.readouterr().err
 
 
+def test_an_unknown_plot_metric_is_an_error_before_anything_is_written(tmp_path, capsys):
+    root = multirun(tmp_path, [{"mask_threshold": 0.3}, {"mask_threshold": 0.5}], [60.0, 62.0])
+    assert report.main([str(root), "--metric", "miou"]) == 2
+    assert "--metric 'miou' is not a column of the report; valid: mIoU," in capsys.readouterr().err
+    assert not (root / "report.md").exists() and not (root / "report.png").exists()
+    assert report.main([str(root), "--metric", "aAcc"]) == 0 and (root / "report.png").exists()
+
+
 @pytest.fixture()
 def peers_file(tmp_path):
     """A small file in the schema of conf/reported/peers.yaml."""

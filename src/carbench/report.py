@@ -181,6 +181,9 @@ def plot(path: Path, axes: list[str], rows: list[dict], metric: str = "mIoU") ->
 
 def report(root: Path, out_dir: Path | None = None, against: str | None = None, metric: str = "mIoU") -> dict:
     """Build and write the report of all runs under `root`; returns paths, axes, rows and markdown."""
+    plottable = [*METRICS, *runs.FILTER_COLUMNS.values()]
+    if metric not in plottable:  # checked before anything is written: a typo would otherwise end in a KeyError
+        raise ValueError(f"--metric {metric!r} is not a column of the report; valid: {', '.join(plottable)}")
     root = Path(root)
     files = runs.find_results(root)
     failed = runs.failed_jobs(root)
@@ -233,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         out = report(args.runs, args.out, args.against, args.metric)
-    except (FileNotFoundError, runs.ResultsFileError) as err:
+    except (FileNotFoundError, ValueError, runs.ResultsFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(out["markdown"])
