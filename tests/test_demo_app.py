@@ -198,3 +198,13 @@ def test_compose_refuses_keys_the_demo_does_not_read():
     with pytest.raises(ValueError, match="model=car"):
         compose_demo(["model=dense_clip"])
     assert compose_demo(["model.confidence_threshold=0.5"]).model["confidence_threshold"] == 0.5
+
+
+@pytest.mark.parametrize("argv,said", [(["--port", "99999"], "--port must be between 0 and 65535"),
+                                       (["--max-side", "8"], "--max-side must be at least 16 pixels")])
+def test_a_bad_port_or_size_stops_the_demo_before_it_builds_anything(argv, said, capsys):
+    from carbench.demo.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as stop:
+        parse_args(argv)
+    assert stop.value.code == 2 and said in capsys.readouterr().err

@@ -108,3 +108,14 @@ def test_gate_fails_without_the_clip_es_refinement(golden, fresh_data, monkeypat
     rows["ci_gradcam"] = golden["rows"]["ci_gradcam"]
     bad = new_failures(rows, golden)
     assert bad, f"the gate passed with the CLIP-ES refinement removed: {rows['ci_subset']}"
+
+
+@pytest.mark.parametrize("argv,said", [(["--seeds", "1", "-2"], "--seeds must be dataset.seed values ≥ 0"),
+                                       (["--threads", "0"], "--threads must be ≥ 1")])
+def test_golden_refuses_a_bad_seed_or_thread_count_before_measuring(argv, said, monkeypatch, capsys):
+    from carbench.toy import golden as golden_mod
+
+    monkeypatch.setattr(golden_mod, "measure", lambda *a, **k: pytest.fail("measured before checking its arguments"))
+    with pytest.raises(SystemExit) as stop:
+        golden_mod.main(argv)
+    assert stop.value.code == 2 and said in capsys.readouterr().err

@@ -28,6 +28,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=f"longest image side; larger uploads are downscaled (default {MAX_SIDE})")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for evaluate.py")
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be between 0 and 65535 (0 = any free port), got {args.port}")
     if args.max_side < 16:
         parser.error(f"--max-side must be at least 16 pixels, got {args.max_side}")
     return args

@@ -168,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 while the CPU is shared)")
     ap.add_argument("--check", action="store_true", help="apply the CI gate instead of writing the file")
     args = ap.parse_args(argv)
+    if any(s < 0 for s in args.seeds):  # checked before the minutes of measuring, not after
+        ap.error(f"--seeds must be dataset.seed values ≥ 0, got {args.seeds}")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be ≥ 1, got {args.threads}")
     if args.check:
         golden = yaml.safe_load(GOLDEN_FILE.read_text())
         rows = measure(["ci_subset", "ci_no_recurrence", "ci_gradcam"], args.threads)
