@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from carbench.checks import check_whole
 from carbench.data.generated import claim_generated_root, read_only_error
 from carbench.data.registry import register_dataset
 from carbench.data.voc import VOCSegmentation
@@ -37,10 +38,7 @@ def check_whole_numbers(**values: object) -> None:
     Checked before any folder is made, so a bad value writes nothing; a float such as n=2.5 would
     otherwise run silently as int(2.5) = 2 scenes."""
     for key, value in values.items():
-        minimum, example = WHOLE_KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"dataset.{key} must be an integer ≥ {minimum}, got {value!r} "
-                             f"({type(value).__name__}); set e.g. dataset.{key}={example}")
+        check_whole(f"dataset.{key}", value, *WHOLE_KEYS[key])
 
 
 def world_folder(root: Path, seed: int, size: int, colors: str = "any") -> Path:

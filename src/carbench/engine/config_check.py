@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from carbench.checks import check_whole
+
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 #: folders under conf/ that are not config groups of a run (published numbers, Hydra's own settings)
 NOT_GROUPS = frozenset({"reported", "hydra"})
@@ -76,37 +78,39 @@ class _File:
     name: str | None
     parents: list[str]
     target: str | None = None  # its `_target_` (nested component groups)  # same-group files named in its `defaults` list (it inherits their keys)
+    bool_paths: set[str] = field(default_factory=set)  # the paths this file sets to true / false
 
 
-def _read(path: Path, group: str | None, schema: Schema, bools: set[str], not_bools: set[str]) -> _File:
+def _read(path: Path, group: str | None, schema: Schema) -> _File:
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     parents = [d for d in raw.get("defaults") or [] if isinstance(d, str) and d != "_self_"]
     data = {k: v for k, v in raw.items() if k not in HYDRA_KEYS}
     pkg = _package(path, group)
     here: set[str] = {pkg} if pkg else set()
+    bool_paths: set[str] = set()
     for dotted, value in _walk(data, f"{pkg}." if pkg else ""):
         here.add(dotted)
         if _is_interpolation(value):
             schema.mirrors.add(dotted)
-        (bools if isinstance(value, bool) else not_bools).add(dotted)
+        if isinstance(value, bool):
+            bool_paths.add(dotted)
     own = data if pkg else data.get(group or "")
     name = own.get("name") if isinstance(own, Mapping) and "name" in own else None
     target = own.get("_target_") if isinstance(own, Mapping) else None
-    return _File(group, here, None if name is None else str(name), parents, None if target is None else str(target))
+    return _File(group, here, None if name is None else str(name), parents, None if target is None else str(target),
+                 bool_paths)
 
 
 @lru_cache(maxsize=4)
 def load_schema(conf_dir: Path = CONF_DIR) -> Schema:
     """Read every config file of the tree into a Schema (cached: the tree does not change during a run)."""
     schema = Schema()
-    bools: set[str] = set()
-    not_bools: set[str] = set()
-    files = {(None, "config"): _read(conf_dir / "config.yaml", None, schema, bools, not_bools)}
+    files: dict[tuple[str | None, str], _File] = {(None, "config"): _read(conf_dir / "config.yaml", None, schema)}
     for group_dir in sorted(p for p in conf_dir.iterdir() if p.is_dir() and p.name not in NOT_GROUPS):
         for sub in sorted({f.parent for f in group_dir.rglob("*.yaml")}):
             group = sub.relative_to(conf_dir).as_posix()  # "model" or a nested group such as "model/proposer"
             for f in sorted(sub.glob("*.yaml")):
-                files[(group, f.stem)] = _read(f, group, schema, bools, not_bools)
+                files[(group, f.stem)] = _read(f, group, schema)
 
     def lineage(key: tuple[str | None, str], seen: frozenset = frozenset()) -> list[_File]:
         f = files[key]
@@ -132,7 +136,9 @@ def load_schema(conf_dir: Path = CONF_DIR) -> Schema:
             top = p.split(".", 1)[0]
             if top != group and "." in p:
                 schema.from_elsewhere.setdefault(top, set()).add(p)
-    schema.bools = bools - not_bools
+    # a switch: set to true / false by some file and to nothing else by any
+    schema.bools = set().union(*(f.bool_paths for f in files.values())) - set().union(
+        *(f.paths - f.bool_paths for f in files.values()))
     return schema
 
 
@@ -217,10 +223,8 @@ def check_int_values(cfg: Mapping[str, Any]) -> None:
         value = cfg[key]
         if value is None and nullable:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            null = " or null" if nullable else ""
-            raise ValueError(f"{key} must be an integer ≥ {minimum}{null}, got {value!r} "
-                             f"({type(value).__name__}); set e.g. {key}={max(minimum, 1)}")
+        check_whole(key, value, minimum, max(minimum, 1), " or null" if nullable else "")
+
 
 
 def check_bool_values(cfg: Mapping[str, Any], schema: Schema | None = None) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 QUERY_HINT = "the queries come from the dataset (dataset.queries) or the caller of segment()"
 BACKGROUND_HINT = "background queries come from model.background_queries (or a +bg_queries=… group)"
 
-__all__ = ["BACKGROUND_HINT", "QUERY_HINT", "check_background_queries", "check_query_list"]
+__all__ = ["BACKGROUND_HINT", "QUERY_HINT", "check_background_queries", "check_model_background", "check_query_list"]
 
 
 def _normal(text: str) -> str:
@@ -41,6 +41,12 @@ def check_query_list(queries: Sequence[str], what: str = "queries", hint: str = 
             f"one object's score between them); remove or rename the duplicates ({hint})"
         )
     return queries
+
+
+def check_model_background(background: Sequence[str]) -> list[str]:
+    """A model's own `model.background_queries`, checked when the model is built (a bare string would
+    otherwise become its letters: 'sky' → 's', 'k', 'y')."""
+    return check_query_list(background, "model.background_queries", BACKGROUND_HINT, allow_empty=True)
 
 
 def check_background_queries(queries: Sequence[str], background: Sequence[str]) -> list[str]:

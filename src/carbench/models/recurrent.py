@@ -50,7 +50,7 @@ from carbench.models.loop_state import LoopResult, LoopState, StepRules
 from carbench.models.postprocess.crf import one_hot_channels
 from carbench.models.postprocess.pool import PostprocessPool
 from carbench.models.prompts import prompt_images, validate_prompts
-from carbench.models.queries import BACKGROUND_HINT, check_background_queries, check_query_list
+from carbench.models.queries import check_background_queries, check_model_background, check_query_list
 from carbench.types import Prediction
 
 PostProcess = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (image, K×H×W maps) → K×H×W masks
@@ -112,8 +112,7 @@ class CaR:
         self.prompts = validate_prompts(visual_prompts)
         self.postprocess = postprocess
         self.max_steps = max_steps
-        self.background_queries = check_query_list(background_queries, "model.background_queries", BACKGROUND_HINT,
-                                                   allow_empty=True)  # a bare string would become its letters
+        self.background_queries = check_model_background(background_queries)
         self.device = torch.device(device)
         self.prompt_kwargs = prompt_kwargs or {}
         self.reuse_unchanged_step = reuse_unchanged_step
@@ -243,12 +242,12 @@ class CaR:
         """Everything before post-processing, for a batch: checks, text warm-up and the recurrence."""
         if len(images) != len(queries):
             raise ValueError(f"{len(images)} images but {len(queries)} query lists; give one query list per image")
-        background = self.background_queries if background is None else \
-            check_query_list(background, "background queries", BACKGROUND_HINT, allow_empty=True)
+        if background is None:
+            background = self.background_queries
         checked = []
         for image, q in zip(images, queries, strict=True):
             q = check_queries(q)
-            check_background_queries(q, background)
+            background = check_background_queries(q, background)  # a list from here on (a string is refused)
             if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 shape, dtype = getattr(image, "shape", None), getattr(image, "dtype", type(image).__name__)
                 raise ValueError(f"image must be H×W×3 uint8 RGB, got shape {shape} dtype {dtype}")

@@ -25,9 +25,9 @@ from carbench.models.baselines.common import (
     check_background_queries,
     check_image,
     check_queries,
-    own_texts,
     probs_to_prediction,
 )
+from carbench.models.queries import check_model_background
 from carbench.models.recurrent import PostProcess
 from carbench.reco.coseg import text_weights
 from carbench.reco.dense import DenseBackbone
@@ -53,7 +53,7 @@ class ReCo:
                              "set model.dense_clip_inference=false or name a CLIP preset in model.text_clip")
         self.references, self.dense, self.text_clip = references, dense, text_clip
         self.dense_clip_inference, self.temperature = dense_clip_inference, temperature
-        self.background_queries = own_texts(background_queries, ())[0]
+        self.background_queries = check_model_background(background_queries)
         self.postprocess = postprocess
 
     @torch.no_grad()

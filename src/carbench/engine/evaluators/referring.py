@@ -20,7 +20,7 @@ from carbench.engine.evaluators.base import Evaluator, Outputs
 from carbench.engine.evaluators.semantic import queries_hash
 from carbench.engine.overlays import write_overlay
 from carbench.metrics import ReferringIoU
-from carbench.models.queries import BACKGROUND_HINT, check_query_list
+from carbench.models.queries import check_model_background
 from carbench.types import BACKGROUND, Prediction, Sample
 
 
@@ -51,8 +51,7 @@ class ReferringEvaluator(Evaluator):
     def __init__(self, dataset: Any, thresholds: Sequence[float], outputs: Outputs,
                  background_queries: Sequence[str] = ()) -> None:
         self.dataset, self.thresholds, self.outputs = dataset, tuple(float(t) for t in thresholds), outputs
-        self.background_queries = check_query_list(background_queries, "model.background_queries", BACKGROUND_HINT,
-                                                   allow_empty=True)
+        self.background_queries = check_model_background(background_queries)
         self.unit = "expression" if dataset.mode == "expression" else "ref"
         self.reset()
         if outputs.save_predictions:

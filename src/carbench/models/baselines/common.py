@@ -33,8 +33,7 @@ def own_texts(background_queries: Sequence[str], templates: Sequence[str] | str)
     """A baseline's own background words and templates, checked when it is built: a bare string is one
     template (never its letters), the background words get the query checks, and no template means the
     query itself ("{}")."""
-    background = queries_mod.check_query_list(background_queries, "model.background_queries",
-                                              queries_mod.BACKGROUND_HINT, allow_empty=True)
+    background = queries_mod.check_model_background(background_queries)
     templates = [templates] if isinstance(templates, str) else list(templates)
     return background, templates or ["{}"]
 
